@@ -99,3 +99,8 @@ def train_palette() -> np.ndarray:
 def category_of_class() -> np.ndarray:
     """(19,) index into CATEGORIES for each trainId."""
     return np.array([CATEGORIES.index(l.category) for l in TRAIN_LABELS], dtype=np.int64)
+
+
+def colorize(train_ids: np.ndarray) -> np.ndarray:
+    """(H, W) trainIds -> (H, W, 3) uint8 RGB in the Cityscapes palette (ignore black)."""
+    return train_palette()[train_ids]
