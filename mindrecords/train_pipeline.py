@@ -1,0 +1,124 @@
+"""Training input: a split's shards streamed through the seed recipe's augmentation.
+
+Per sample, in this order (REFERENCE.md section 3; mmseg's Cityscapes train pipeline):
+
+1. decode the image (C op `vision.Decode`) and the label (single channel, see `_decode_label`);
+2. one native op (`augment.ScaleCropPhotometric`, per-sample seed): a random ratio in
+   `data.ratio_range` of `data.base_size` (image bilinear, label nearest) and a random crop of
+   at most `data.crop_size` with `data.cat_max_ratio` (up to `data.cat_max_tries` redraws),
+   computed as "crop the window, then resample only the window"; then mmseg's photometric
+   distortion on the image (it is per-pixel, so doing it before the flip changes nothing);
+3. horizontal flip with `data.flip_prob` (C pair op over image and label: one draw for both);
+4. normalize with `model.mean`/`model.std` (C op), pad right/bottom to the crop: image 0 in
+   normalized space (mmseg pads after Normalize), label `data.ignore_index` (never a class);
+5. HWC2CHW, label int32, batches of `train.batch_size` (incomplete last batch dropped).
+
+Determinism: the same (cfg.seed, epoch_seed, rank) gives the same batches from a freshly
+built dataset, whatever the number of worker threads. The data order and the flip come from
+MindSpore's dataset seed, which `train_dataset` sets (`mindspore.dataset.config.set_seed`);
+scale, crop and photometric draws come from per-sample seeds drawn in order by a
+single-worker op, so they do not depend on which thread augments which sample.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+import mindspore.dataset as ds
+import mindspore.dataset.transforms as transforms
+import mindspore.dataset.vision as vision
+import numpy as np
+
+from configs.schema import Config, ConfigError
+from mindrecords.augment import Photometric, ScaleCropPhotometric
+
+
+class _SampleSeeds:
+    """Adds a per-sample seed column; runs in one worker so the seeds follow the data order."""
+
+    def __init__(self, seed_sequence: np.random.SeedSequence):
+        self.rng = np.random.default_rng(seed_sequence)
+
+    def __call__(self, label):
+        return label, np.array(self.rng.integers(0, 2**63 - 1), dtype=np.int64)
+
+
+def pipeline_seed(cfg: Config, epoch_seed: int | None) -> int:
+    """The dataset seed: cfg.seed, or a mix of cfg.seed and epoch_seed (fits MindSpore's uint32)."""
+    if epoch_seed is None:
+        return cfg.seed
+    return int(np.random.SeedSequence([cfg.seed, epoch_seed]).generate_state(1)[0])
+
+
+def check_data_config(cfg: Config) -> None:
+    """Data settings the augmentation cannot work with: a ConfigError naming the key."""
+    d = cfg.data
+    short_max = int(min(d.base_size) * max(d.ratio_range))
+    if d.crop_size > short_max:
+        raise ConfigError(
+            f"data.crop_size ({d.crop_size}) is larger than the scaled images allow: the short side is at most "
+            f"{short_max} (min(data.base_size) x max(data.ratio_range)); every crop would be mostly padding")
+
+
+def scale_crop_op(cfg: Config) -> ScaleCropPhotometric:
+    d = cfg.data
+    p = d.photometric
+    photometric = Photometric(p.prob, p.brightness_delta, tuple(p.contrast_range), tuple(p.saturation_range),
+                              p.hue_delta) if p.enabled else None
+    return ScaleCropPhotometric(d.crop_size, d.base_size, d.ratio_range, d.cat_max_ratio, d.cat_max_tries,
+                                d.ignore_index, photometric)
+
+
+def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0, group_size: int = 1,
+                        epoch_seed: int | None = None) -> ds.Dataset:
+    """The batched pipeline over `files` holding `n_samples` records (see the module docstring)."""
+    check_data_config(cfg)
+    if not 0 <= rank < group_size:
+        raise ValueError(f"rank {rank} is outside 0..{group_size - 1}")
+    per_rank = n_samples // group_size
+    batch = cfg.train.batch_size
+    if per_rank < batch:
+        raise ValueError(
+            f"{n_samples} samples cannot give each of {group_size} rank(s) one batch of train.batch_size={batch} "
+            f"({per_rank} per rank)")
+    seed = pipeline_seed(cfg, epoch_seed)
+    ds.config.set_seed(seed)
+    workers = max(1, cfg.data.num_parallel_workers)
+    crop = cfg.data.crop_size
+    sharding = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
+    # num_samples = floor share: every rank gets the same count, and no sample twice in an epoch.
+    data = ds.MindDataset(files, columns_list=["image", "label"], shuffle=True, num_samples=per_rank,
+                          num_parallel_workers=workers, **sharding)
+    data = data.map(_SampleSeeds(np.random.SeedSequence([seed, rank])), input_columns=["label"],
+                    output_columns=["label", "aug_seed"], num_parallel_workers=1)
+    data = data.map(vision.Decode(), input_columns=["image"], num_parallel_workers=workers)
+    data = data.map(vision.Decode(), input_columns=["label"], num_parallel_workers=workers)
+    data = data.map(scale_crop_op(cfg), input_columns=["image", "label", "aug_seed"],
+                    output_columns=["image", "label"], num_parallel_workers=workers)
+    data = data.map(vision.RandomHorizontalFlip(cfg.data.flip_prob), input_columns=["image", "label"],
+                    num_parallel_workers=workers)
+    data = data.map([vision.Normalize(cfg.model.mean, cfg.model.std),
+                     vision.PadToSize(crop, offset=0, fill_value=0), vision.HWC2CHW()],
+                    input_columns=["image"], num_parallel_workers=workers)
+    data = data.map([vision.PadToSize(crop, offset=0, fill_value=cfg.data.ignore_index),
+                     transforms.TypeCast(ms.int32)], input_columns=["label"], num_parallel_workers=workers)
+    data = data.project(["image", "label"])
+    return data.batch(batch, drop_remainder=True)
+
+
+def train_dataset(cfg: Config, data_root, rank: int = 0, group_size: int = 1,
+                  epoch_seed: int | None = None) -> ds.Dataset:
+    """Batches of `image` float32 (B,3,crop,crop) normalized and `label` int32 (B,crop,crop).
+
+    Reads `data_root/{cfg.data.train_split}`; rank `rank` of `group_size` gets its own
+    disjoint share. Raises `MindRecordError` (naming the split dir) if the split is missing or
+    damaged or too small for one batch per rank, `ConfigError` for unusable data settings.
+    """
+    from mindrecords.reader import MindRecordError, split_shard_files
+
+    files = split_shard_files(data_root, cfg.data.train_split)
+    n_samples = ds.MindDataset(files, columns_list=["label"], shuffle=False).get_dataset_size()
+    try:
+        return build_train_dataset(cfg, files, n_samples, rank, group_size, epoch_seed)
+    except ValueError as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise MindRecordError(f"{data_root}/{cfg.data.train_split}: {err}") from None
