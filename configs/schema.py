@@ -213,6 +213,10 @@ def _check(cfg: Config) -> None:
     e = cfg.eval
     if e.window_stride <= 0 or e.window_stride > e.window_size:
         raise ConfigError(f"eval.window_stride ({e.window_stride}) must be in 1..eval.window_size ({e.window_size})")
+    if e.infer_size < 0 or e.batch_windows <= 0:
+        raise ConfigError("eval.infer_size must be >= 0 (0 = keep size) and eval.batch_windows positive")
+    if not e.scales or min(e.scales) <= 0:
+        raise ConfigError(f"eval.scales ({e.scales}) must be a non-empty list of positive factors")
     if cfg.train.batch_size <= 0:
         raise ConfigError("train.batch_size must be positive")
 
