@@ -1,0 +1,164 @@
+"""Loss, schedules, optimizer and the hand-written step on a tiny stand-in network."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+ms = pytest.importorskip("mindspore")
+from mindspore import Tensor, nn, ops  # noqa: E402
+
+from configs.schema import Config, ScheduleConfig, apply_overrides  # noqa: E402
+from train.loss import NetWithLoss, SegCrossEntropy  # noqa: E402
+from train.optim import build_optimizer, optimizer_state, param_groups  # noqa: E402
+from train.schedule import lr_at  # noqa: E402
+from train.step import TrainStep, apply_amp, build_loss_scaler, lr_tensor  # noqa: E402
+
+ms.set_device("CPU")
+ms.set_context(mode=ms.GRAPH_MODE)
+
+
+class TinySeg(nn.Cell):
+    """Conv + token Dense/LayerNorm + 1x1 classifier: the op kinds of the real model, tiny."""
+
+    def __init__(self, n_cls=5):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, pad_mode="same", has_bias=True)
+        self.dense = nn.Dense(8, 8)
+        self.norm = nn.LayerNorm((8,), epsilon=1e-5)
+        self.head = nn.Conv2d(8, n_cls, 1, has_bias=True)
+
+    def construct(self, x):
+        x = ops.relu(self.conv(x))
+        b, c, h, w = x.shape
+        t = self.norm(self.dense(x.transpose(0, 2, 3, 1).reshape(b, h * w, c)))
+        return self.head(t.reshape(b, h, w, c).transpose(0, 3, 1, 2))
+
+
+def _batch(seed=0, n_cls=5, size=16):
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, n_cls, size=(2, size, size)).astype(np.int32)
+    label[:, :3] = 255
+    # Image carries the label so the task is learnable.
+    image = np.stack([label % 7 / 3.0, (label == 1) * 1.0, rng.normal(size=label.shape) * 0.1], 1)
+    return Tensor(image.astype(np.float32)), Tensor(label)
+
+
+def _step(cfg_sets=(), net=None):
+    ms.set_seed(0)
+    cfg = apply_overrides(Config(), list(cfg_sets))
+    net = net or TinySeg()
+    net = apply_amp(net, cfg.train.amp_level)
+    opt = build_optimizer(net, cfg.train.optimizer)
+    step = TrainStep(NetWithLoss(net, SegCrossEntropy(255)), opt, build_loss_scaler(cfg.train),
+                     cfg.train.clip_grad_norm)
+    step.set_train()
+    lr = lr_tensor(cfg.train.optimizer.lr)
+    return net, opt, lambda image, label, lr=lr: step(image, label, lr)
+
+
+def test_cross_entropy_matches_numpy_and_ignores_255():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
+    label = rng.integers(0, 4, size=(2, 3, 5)).astype(np.int32)
+    label[0, 0, :] = 255
+    got = float(SegCrossEntropy(255)(Tensor(logits), Tensor(label)).asnumpy())
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    valid = label != 255
+    picked = np.take_along_axis(logp, np.where(valid, label, 0)[:, None], 1)[:, 0]
+    assert got == pytest.approx(-picked[valid].mean(), rel=1e-5)
+    all_ignored = np.full_like(label, 255)
+    assert float(SegCrossEntropy(255)(Tensor(logits), Tensor(all_ignored)).asnumpy()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["poly", "cosine", "constant"])
+def test_schedules_match_closed_forms(name):
+    s = ScheduleConfig(name=name, power=0.9, min_lr=1e-4, warmup_iters=10, warmup_ratio=0.1)
+    base, total = 0.01, 100
+    for step in (0, 5, 9, 10, 37, 99, 100):
+        t = step / total
+        main = {"poly": (base - 1e-4) * (1 - t) ** 0.9 + 1e-4,
+                "cosine": 1e-4 + (base - 1e-4) * (1 + math.cos(math.pi * t)) / 2,
+                "constant": base}[name]
+        warm = 1 - (1 - step / 10) * (1 - 0.1) if step < 10 else 1.0
+        assert lr_at(step, total, base, s) == pytest.approx(main * warm, rel=1e-12)
+    assert lr_at(0, total, base, s) == pytest.approx((base if name == "constant" else
+                                                      {"poly": base, "cosine": base}[name]) * 0.1)
+    assert lr_at(100, 100, base, ScheduleConfig(name="poly", min_lr=1e-4)) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("sets", [
+    [],
+    ["train.optimizer.nesterov=true"],
+    ["train.optimizer.name=adamw", "train.optimizer.lr=0.01", "train.optimizer.weight_decay=0.05"],
+    ["train.amp_level=O1"],
+    ["train.amp_level=O2"],
+])
+def test_few_steps_reduce_loss(sets):
+    net, opt, step = _step(["train.optimizer.lr=0.1"] + sets)
+    image, label = _batch()
+    losses = []
+    for _ in range(15):
+        loss, finite, _ = step(image, label)
+        assert bool(finite.asnumpy())
+        losses.append(float(loss.asnumpy()))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_overflow_step_is_skipped_and_scale_lowered():
+    # A loss scale near the float32 maximum and a huge input (LayerNorm keeps the forward
+    # finite) make the scaled conv-weight gradients overflow.
+    net, opt, step = _step(["train.loss_scale.init_scale=3.0e+38", "train.optimizer.lr=0.1"])
+    image, label = _batch()
+    image = image * 1e6
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    moments_before = {k: p.asnumpy().copy() for k, p in optimizer_state(opt, net).items()}
+    loss, finite, scale = step(image, label)
+    assert not bool(finite.asnumpy())
+    assert float(scale.asnumpy()) == pytest.approx(3.0e38)
+    for p in net.trainable_params():
+        np.testing.assert_array_equal(p.asnumpy(), before[p.name])
+    for k, p in optimizer_state(opt, net).items():
+        np.testing.assert_array_equal(p.asnumpy(), moments_before[k])
+    # Scale keeps falling (halving) until the gradients fit; then updates resume.
+    scales = []
+    for _ in range(40):
+        _, finite, scale = step(image, label)
+        scales.append(float(scale.asnumpy()))
+        if bool(finite.asnumpy()):
+            break
+    assert scales[0] == pytest.approx(1.5e38)
+    assert all(b == pytest.approx(a / 2) for a, b in zip(scales, scales[1:]))
+    assert bool(finite.asnumpy())
+    assert any(not np.array_equal(p.asnumpy(), before[p.name]) for p in net.trainable_params())
+
+
+def test_gradients_clipped_to_global_norm():
+    # lr 1, plain SGD, no momentum: the update equals the (clipped) gradient.
+    clip = 1e-3
+    net, opt, step = _step(["train.optimizer.lr=1.0", "train.optimizer.momentum=0.0",
+                            f"train.clip_grad_norm={clip}", "train.loss_scale.init_scale=1.0"])
+    image, label = _batch()
+    before = [p.asnumpy().copy() for p in net.trainable_params()]
+    step(image, label)
+    delta = [p.asnumpy() - b for p, b in zip(net.trainable_params(), before)]
+    norm = math.sqrt(sum(float((d.astype(np.float64) ** 2).sum()) for d in delta))
+    assert norm == pytest.approx(clip, rel=1e-3)
+
+
+def test_learning_rate_parameter_drives_the_update():
+    net, opt, step = _step(["train.optimizer.momentum=0.0"])
+    image, label = _batch()
+    before = [p.asnumpy().copy() for p in net.trainable_params()]
+    step(image, label, lr_tensor(0.0))
+    for p, b in zip(net.trainable_params(), before):
+        np.testing.assert_array_equal(p.asnumpy(), b)
+    step(image, label, lr_tensor(0.5))
+    assert any(not np.array_equal(p.asnumpy(), b) for p, b in zip(net.trainable_params(), before))
+
+
+def test_weight_decay_skips_bias_norm_and_embeddings():
+    groups = param_groups(TinySeg(), 0.1)
+    decayed = {p.name for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {"conv.weight", "dense.weight", "head.weight"}
