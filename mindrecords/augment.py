@@ -57,9 +57,20 @@ def resize_window(image: np.ndarray, scaled_hw: Tuple[int, int], top: int, left:
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
 
+def decode_label(data: np.ndarray) -> np.ndarray:
+    """A stored label PNG -> (H, W) uint8 trainIds.
+
+    Not vision.Decode: it expands a grayscale PNG to 3 channels and costs twice as much.
+    """
+    label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if label is None or label.ndim != 2 or label.dtype != np.uint8:
+        raise ValueError("label is not a single-channel 8-bit PNG")
+    return label
+
+
 def crop_passes(label_crop: np.ndarray, cat_max_ratio: float, ignore_index: int) -> bool:
     """mmseg's test: more than one class, and none above cat_max_ratio of the labelled pixels."""
-    counts = np.bincount(label_crop.ravel(), minlength=256)
+    counts = cv2.calcHist([label_crop], [0], None, [256], [0, 256]).ravel()  # 4x faster than np.bincount
     counts[ignore_index] = 0
     present = counts[counts > 0]
     return len(present) > 1 and present.max() / present.sum() < cat_max_ratio
@@ -90,32 +101,45 @@ class Photometric:
         hsv[:, :, channel] = cv2.LUT(hsv[:, :, channel], lut)
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
-    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        lut = np.arange(256, dtype=np.uint8)
-        if rng.random() < self.prob:
-            lut = self._affine_lut(beta=rng.uniform(-self.brightness_delta, self.brightness_delta))
-        contrast_first = rng.random() < 0.5
-        contrast = None
-        if rng.random() < self.prob:
-            contrast = self._affine_lut(alpha=rng.uniform(*self.contrast_range))
-        if contrast is not None and contrast_first:
-            lut = contrast[lut]
-        if not np.array_equal(lut, np.arange(256)):
+    def draw(self, rng: np.random.Generator) -> dict:
+        """The random parameters of one application; None means the step is skipped."""
+        def maybe(value):
+            return value() if rng.random() < self.prob else None
+
+        return {
+            "brightness": maybe(lambda: rng.uniform(-self.brightness_delta, self.brightness_delta)),
+            "contrast_first": bool(rng.random() < 0.5),
+            "contrast": maybe(lambda: rng.uniform(*self.contrast_range)),
+            "saturation": maybe(lambda: rng.uniform(*self.saturation_range)),
+            # mmseg draws the hue shift with randint(-d, d): the upper bound is excluded.
+            "hue": maybe(lambda: int(rng.integers(-self.hue_delta, self.hue_delta))),
+        }
+
+    def apply(self, image: np.ndarray, params: dict) -> np.ndarray:
+        """mmseg's order: brightness, contrast (first), saturation, hue, contrast (last)."""
+        lut = None
+        if params["brightness"] is not None:
+            lut = self._affine_lut(beta=params["brightness"])
+        contrast = None if params["contrast"] is None else self._affine_lut(alpha=params["contrast"])
+        if contrast is not None and params["contrast_first"]:
+            lut = contrast if lut is None else contrast[lut]  # both map uint8 to uint8: composing is exact
+        if lut is not None:
             image = cv2.LUT(image, lut)
-        if rng.random() < self.prob:
-            image = self._hsv_channel(image, 1, self._affine_lut(alpha=rng.uniform(*self.saturation_range)))
-        if rng.random() < self.prob:
-            # OpenCV's 8-bit hue is 0..179; mmseg draws the shift with randint(-d, d), upper bound excluded.
-            shift = int(rng.integers(-self.hue_delta, self.hue_delta))
-            hue = ((np.arange(256) + shift) % 180).astype(np.uint8)
-            image = self._hsv_channel(image, 0, hue)
-        if contrast is not None and not contrast_first:
+        if params["saturation"] is not None:
+            image = self._hsv_channel(image, 1, self._affine_lut(alpha=params["saturation"]))
+        if params["hue"] is not None:
+            # OpenCV's 8-bit hue is 0..179.
+            image = self._hsv_channel(image, 0, ((np.arange(256) + params["hue"]) % 180).astype(np.uint8))
+        if contrast is not None and not params["contrast_first"]:
             image = cv2.LUT(image, contrast)
         return image
 
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.apply(image, self.draw(rng))
+
 
 class ScaleCropPhotometric:
-    """Map op: (image HxWx3 uint8, label HxW or HxWxC uint8, seed) -> (image crop, label crop).
+    """Map op: (image HxWx3 uint8 RGB, encoded label PNG, seed) -> (image crop, label crop).
 
     The crop is at most `crop_size` on each side (smaller when the scaled image is);
     padding to the full crop happens later, after flip and normalization.
@@ -156,11 +180,9 @@ class ScaleCropPhotometric:
                 top, left, window = draw()
         return top, left, window
 
-    def __call__(self, image: np.ndarray, label: np.ndarray, seed) -> Tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, label_png: np.ndarray, seed) -> Tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(int(np.asarray(seed)))
-        if label.ndim == 3:
-            # vision.Decode expands a grayscale PNG to 3 equal channels: keep one.
-            label = label[:, :, 0]
+        label = decode_label(label_png)
         height, width = image.shape[:2]
         if label.shape != (height, width):
             raise ValueError(f"image {height}x{width} and label {label.shape[0]}x{label.shape[1]} differ in size")
