@@ -37,6 +37,8 @@ class ModelConfig:
     n_heads: int = 3
     mlp_ratio: int = 4
     n_cls: int = 19
+    # (H, W) the position-embedding grid is trained at (the crop); other sizes resize it bilinearly.
+    image_size: List[int] = field(default_factory=lambda: [768, 768])
     drop_path_rate: float = 0.1
     dropout: float = 0.0
     # Pixel normalization applied to RGB uint8 input: (x - mean) / std.
@@ -119,6 +121,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 4000  # 0 disables periodic validation
     log_every: int = 10
+    # Stop after this many consecutive non-finite losses (each one halves the dynamic loss scale).
+    nonfinite_patience: int = 5
 
 
 @dataclass
@@ -208,8 +212,22 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
     if m.patch_size <= 0 or m.n_cls <= 0:
         raise ConfigError("model.patch_size and model.n_cls must be positive")
+    if len(m.image_size) != 2 or min(m.image_size) <= 0 or any(s % max(m.patch_size, 1) for s in m.image_size):
+        raise ConfigError(f"model.image_size ({m.image_size}) must be [H, W], multiples of model.patch_size "
+                          f"({m.patch_size})")
+    dec_heads = max(m.d_model // 64, 1)  # the official mask decoder's head count
+    if m.decoder.name == "mask_transformer" and m.d_model % dec_heads:
+        raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by the mask decoder's heads "
+                          f"(d_model // 64 = {dec_heads})")
+    if m.decoder.n_layers < 0 or m.n_layers <= 0:
+        raise ConfigError("model.n_layers must be positive and model.decoder.n_layers >= 0")
+    if not (0 <= m.dropout < 1 and 0 <= m.drop_path_rate < 1 and 0 <= m.decoder.dropout < 1
+            and 0 <= m.decoder.drop_path_rate < 1):
+        raise ConfigError("model dropout / drop_path_rate values must be in [0, 1)")
     if len(m.mean) != 3 or len(m.std) != 3:
         raise ConfigError("model.mean and model.std must have 3 values (RGB)")
+    if min(m.std) == 0:
+        raise ConfigError("model.std must not contain 0")
     e = cfg.eval
     if e.window_stride <= 0 or e.window_stride > e.window_size:
         raise ConfigError(f"eval.window_stride ({e.window_stride}) must be in 1..eval.window_size ({e.window_size})")
@@ -219,6 +237,14 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"eval.scales ({e.scales}) must be a non-empty list of positive factors")
     if cfg.train.batch_size <= 0:
         raise ConfigError("train.batch_size must be positive")
+    t = cfg.train
+    for key in ("checkpoint_every", "log_every", "nonfinite_patience"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key} must be positive")
+    if t.keep_checkpoints < 1:
+        raise ConfigError("train.keep_checkpoints must be at least 1 (--resume needs the last checkpoint)")
+    if t.loss_scale.init_scale < 1 or t.loss_scale.window < 1 or t.loss_scale.factor < 1:
+        raise ConfigError("train.loss_scale: init_scale, factor and window must be >= 1")
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:

@@ -1,0 +1,50 @@
+"""The Segmenter wrapper and `build_segmenter(model_cfg)`."""
+from __future__ import annotations
+
+from mindspore import nn, ops
+
+from model.decoder import DecoderLinear, MaskTransformer
+from model.vit import VisionTransformer
+
+
+class Segmenter(nn.Cell):
+    """(B,3,H,W) normalized image, any H,W -> (B,n_cls,H,W) logits."""
+
+    def __init__(self, encoder: VisionTransformer, decoder: nn.Cell, n_cls: int):
+        super().__init__()
+        self.n_cls = n_cls
+        self.patch_size = encoder.patch_size
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def construct(self, im):
+        h, w = im.shape[2], im.shape[3]
+        p = self.patch_size
+        pad_h = (p - h % p) % p
+        pad_w = (p - w % p) % p
+        if pad_h or pad_w:
+            im = ops.pad(im, (0, pad_w, 0, pad_h))  # zeros right/bottom
+        hp, wp = h + pad_h, w + pad_w
+        x = self.encoder(im)[:, 1:]  # drop the class token
+        masks = self.decoder(x, hp // p, wp // p)
+        masks = ops.interpolate(masks, size=(hp, wp), mode="bilinear", align_corners=False)
+        if pad_h or pad_w:
+            masks = masks[:, :, :h, :w]
+        return masks
+
+
+def build_segmenter(model_cfg) -> Segmenter:
+    """The network described by a `configs.schema.ModelConfig`, randomly initialised."""
+    m = model_cfg
+    encoder = VisionTransformer(m.image_size, m.patch_size, m.n_layers, m.d_model, m.mlp_ratio * m.d_model,
+                                m.n_heads, dropout=m.dropout, drop_path_rate=m.drop_path_rate)
+    dec = m.decoder
+    if dec.name == "linear":
+        decoder = DecoderLinear(m.n_cls, m.d_model)
+    elif dec.name == "mask_transformer":
+        # The official decoder fixes width = encoder width, heads = width // 64, d_ff = 4 * width.
+        decoder = MaskTransformer(m.n_cls, m.d_model, dec.n_layers, max(m.d_model // 64, 1), m.d_model,
+                                  4 * m.d_model, dec.drop_path_rate, dec.dropout)
+    else:
+        raise ValueError(f"model.decoder.name: unknown decoder {dec.name!r}")
+    return Segmenter(encoder, decoder, m.n_cls)
