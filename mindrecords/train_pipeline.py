@@ -2,24 +2,30 @@
 
 Per sample, in this order (REFERENCE.md section 3; mmseg's Cityscapes train pipeline):
 
-1. decode the image (C op `vision.Decode`) and the label (single channel, see `_decode_label`);
+1. decode the image (C op `vision.Decode`) and, inside step 2, the label (single channel, see
+   `augment.decode_label`);
 2. one native op (`augment.ScaleCropPhotometric`, per-sample seed): a random ratio in
    `data.ratio_range` of `data.base_size` (image bilinear, label nearest) and a random crop of
    at most `data.crop_size` with `data.cat_max_ratio` (up to `data.cat_max_tries` redraws),
    computed as "crop the window, then resample only the window"; then mmseg's photometric
    distortion on the image (it is per-pixel, so doing it before the flip changes nothing);
 3. horizontal flip with `data.flip_prob` (C pair op over image and label: one draw for both);
-4. normalize with `model.mean`/`model.std` (C op), pad right/bottom to the crop: image 0 in
-   normalized space (mmseg pads after Normalize), label `data.ignore_index` (never a class);
-5. HWC2CHW, label int32, batches of `train.batch_size` (incomplete last batch dropped).
+4. HWC2CHW, normalize with `model.mean`/`model.std`, pad right/bottom to the crop (C ops):
+   image 0 in normalized space (mmseg pads after Normalize), label `data.ignore_index`
+   (never a class); label int32;
+5. batches of `train.batch_size` (an incomplete last batch is dropped).
 
-Determinism: the same (cfg.seed, epoch_seed, rank) gives the same batches from a freshly
-built dataset, whatever the number of worker threads. The data order and the flip come from
-MindSpore's dataset seed, which `train_dataset` sets (`mindspore.dataset.config.set_seed`);
-scale, crop and photometric draws come from per-sample seeds drawn in order by a
-single-worker op, so they do not depend on which thread augments which sample.
+Determinism: the same config, epoch_seed and rank give the same batches from a freshly built
+dataset. The data order and the flip come from MindSpore's dataset seed, which
+`build_train_dataset` sets (`mindspore.dataset.config.set_seed`, which also seeds `random` and
+`numpy.random`; it is read when the iterator is created, so build right before iterating).
+Scale, crop and photometric draws come from per-sample seeds drawn in data order by a
+single-worker op, so they do not depend on which thread augments which sample. Iterating the
+same dataset for several epochs reshuffles and redraws each epoch.
 """
 from __future__ import annotations
+
+import os
 
 import mindspore as ms
 import mindspore.dataset as ds
@@ -51,6 +57,9 @@ def pipeline_seed(cfg: Config, epoch_seed: int | None) -> int:
 def check_data_config(cfg: Config) -> None:
     """Data settings the augmentation cannot work with: a ConfigError naming the key."""
     d = cfg.data
+    if not cfg.model.n_cls <= d.ignore_index <= 255:
+        raise ConfigError(f"data.ignore_index ({d.ignore_index}) must be in {cfg.model.n_cls}..255: "
+                          f"padding and void pixels must never look like a class")
     short_max = int(min(d.base_size) * max(d.ratio_range))
     if d.crop_size > short_max:
         raise ConfigError(
@@ -81,7 +90,8 @@ def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0,
             f"({per_rank} per rank)")
     seed = pipeline_seed(cfg, epoch_seed)
     ds.config.set_seed(seed)
-    workers = max(1, cfg.data.num_parallel_workers)
+    # MindSpore rejects more workers than cores.
+    workers = max(1, min(cfg.data.num_parallel_workers, os.cpu_count() or 1))
     crop = cfg.data.crop_size
     sharding = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
     # num_samples = floor share: every rank gets the same count, and no sample twice in an epoch.

@@ -1,0 +1,167 @@
+"""The whole training pipeline over tiny shards: alignment, flip, padding, determinism, sharding, errors."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from configs.schema import Config, ConfigError
+from mindrecords.train_pipeline import build_train_dataset
+from test_pipeline_augment import _coded_pair, _decode_colours, _interior, _palette
+
+H, W, CROP = 64, 128, 48
+
+
+def _write_shards(path, pairs):
+    from mindspore.mindrecord import FileWriter
+
+    writer = FileWriter(str(path), shard_num=1, overwrite=True)
+    writer.add_schema({"id": {"type": "string"}, "city": {"type": "string"}, "image": {"type": "bytes"},
+                       "label": {"type": "bytes"}, "height": {"type": "int32"}, "width": {"type": "int32"}}, "t")
+    rows = []
+    for k, (image, label) in enumerate(pairs):
+        rows.append({"id": f"s{k}", "city": "c", "height": image.shape[0], "width": image.shape[1],
+                     "image": cv2.imencode(".png", image[:, :, ::-1])[1].tobytes(),
+                     "label": cv2.imencode(".png", label)[1].tobytes()})
+    writer.write_raw_data(rows)
+    writer.commit()
+    return [str(path)]
+
+
+def _cfg(**data) -> Config:
+    cfg = Config()
+    cfg.train.batch_size = 2
+    cfg.data.crop_size = CROP
+    cfg.data.base_size = [W, H]
+    for key, value in data.items():
+        setattr(cfg.data, key, value)
+    return cfg
+
+
+def _batches(cfg, files, n, **kw):
+    data = build_train_dataset(cfg, files, n, **kw)
+    return list(data.create_tuple_iterator(output_numpy=True, num_epochs=1))
+
+
+def _samples(batches):
+    return [(image, label) for images, labels in batches for image, label in zip(images, labels)]
+
+
+def _denormalize(image_chw, cfg):
+    mean, std = np.array(cfg.model.mean), np.array(cfg.model.std)
+    return np.clip(np.rint(image_chw.transpose(1, 2, 0) * std + mean), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def coded_files(tmp_path_factory):
+    pairs = [_coded_pair(H, W, seed=k) for k in range(8)]
+    return _write_shards(tmp_path_factory.mktemp("coded") / "train.mindrecord", pairs)
+
+
+def test_batches_have_the_documented_shapes_and_types(coded_files):
+    batches = _batches(_cfg(), coded_files, 8)
+    assert len(batches) == 4
+    images, labels = batches[0]
+    assert images.shape == (2, 3, CROP, CROP) and images.dtype == np.float32
+    assert labels.shape == (2, CROP, CROP) and labels.dtype == np.int32
+
+
+def test_label_matches_image_after_every_random_op(coded_files):
+    cfg = _cfg(ratio_range=[0.5, 2.0])
+    cfg.data.photometric.enabled = False  # colours must stay decodable; photometric is tested on its own
+    checked = 0
+    for image, label in _samples(_batches(cfg, coded_files, 8)):
+        label = label.astype(np.uint8)
+        valid = (label != 255) | (np.abs(image).sum(0) > 0)  # padding: label 255 and image exactly 0
+        inner = _interior(label) & valid
+        decoded = _decode_colours(_denormalize(image, cfg))
+        assert (decoded[inner] == label[inner]).mean() > 0.99
+        checked += inner.sum()
+    assert checked > 2000
+
+
+def test_flip_moves_image_and_label_together(tmp_path):
+    # Class = vertical band index, increasing left to right: a flipped sample decreases.
+    label = np.repeat((np.arange(W) // 16).astype(np.uint8)[None], H, axis=0)
+    files = _write_shards(tmp_path / "bands.mindrecord", [(_palette()[label], label)] * 16)
+    cfg = _cfg(ratio_range=[1.0, 1.0], cat_max_ratio=1.0)
+    cfg.data.photometric.enabled = False
+    orientations = []
+    for image, label_out in _samples(_batches(cfg, files, 16)):
+        label_out = label_out.astype(np.uint8)
+        steps = np.sign(np.diff(label_out[0].astype(int)))
+        assert len(set(steps[steps != 0])) == 1  # monotonic across the crop
+        orientations.append(steps[steps != 0][0])
+        inner = _interior(label_out)
+        assert (_decode_colours(_denormalize(image, cfg))[inner] == label_out[inner]).all()
+    assert set(orientations) == {-1, 1}
+
+
+def test_padding_is_zero_in_normalized_image_and_ignore_in_label(tmp_path):
+    # No void pixels in the data: 255 in the output can only be padding.
+    pairs = [(_palette()[lab], lab) for lab in (np.minimum(_coded_pair(H, W, k)[1], 18) for k in range(8))]
+    files = _write_shards(tmp_path / "nopad.mindrecord", pairs)
+    cfg = _cfg(ratio_range=[0.5, 1.0])
+    padded = 0
+    for image, label in _samples(_batches(cfg, files, 8)):
+        rows = np.flatnonzero((label != 255).any(1))
+        cols = np.flatnonzero((label != 255).any(0))
+        h, w = rows.max() + 1, cols.max() + 1
+        # The valid area is the top-left rectangle of the scaled size (ratio 0.5..1.0 of 64 rows).
+        assert 32 <= h <= CROP and w == CROP
+        assert (label[:h, :w] != 255).all() and (label[h:] == 255).all()
+        assert (image[:, h:] == 0.0).all()
+        # Normalized image values from uint8 with mean 127.5 are never exactly 0.
+        assert (image[:, :h] != 0.0).all()
+        padded += h < CROP
+    assert padded > 0
+
+
+def test_same_seed_same_batches_other_seed_other_batches(coded_files):
+    def run(seed=0, **kw):
+        cfg = _cfg()
+        cfg.seed = seed
+        return np.concatenate([b[0].ravel() for b in _batches(cfg, coded_files, 8, **kw)])
+
+    first = run()
+    assert np.array_equal(first, run())
+    assert not np.array_equal(first, run(seed=1))
+    assert np.array_equal(run(epoch_seed=3), run(epoch_seed=3))
+    assert not np.array_equal(run(epoch_seed=3), run(epoch_seed=4))
+
+
+def test_ranks_see_disjoint_equal_shares(tmp_path):
+    # Sample k has label k everywhere, so the label identifies the sample after augmentation.
+    pairs = [(np.full((H, W, 3), 20 * k, np.uint8), np.full((H, W), k, np.uint8)) for k in range(9)]
+    files = _write_shards(tmp_path / "ids.mindrecord", pairs)
+    cfg = _cfg()
+    cfg.train.batch_size = 1
+    seen = []
+    for rank in range(2):
+        ids = [int(label[0, 0]) for _, label in _samples(_batches(cfg, files, 9, rank=rank, group_size=2))]
+        assert len(ids) == len(set(ids)) == 4  # floor(9 / 2): equal step counts on every rank
+        seen.append(set(ids))
+    assert not seen[0] & seen[1]
+
+
+def test_too_few_samples_per_rank_is_an_error(coded_files):
+    cfg = _cfg()
+    cfg.train.batch_size = 3
+    with pytest.raises(ValueError, match="cannot give each of 4 rank"):
+        build_train_dataset(cfg, coded_files, 8, rank=0, group_size=4)
+    with pytest.raises(ValueError, match="rank 2 is outside"):
+        build_train_dataset(cfg, coded_files, 8, rank=2, group_size=2)
+
+
+def test_unusable_data_settings_are_config_errors(coded_files):
+    with pytest.raises(ConfigError, match="data.crop_size"):
+        build_train_dataset(_cfg(ratio_range=[0.25, 0.5]), coded_files, 8)
+    with pytest.raises(ConfigError, match="data.ignore_index"):
+        build_train_dataset(_cfg(ignore_index=3), coded_files, 8)
+
+
+def test_a_colour_label_png_fails_with_a_clear_message(tmp_path):
+    image, label = _coded_pair(H, W)
+    files = _write_shards(tmp_path / "bad.mindrecord", [(image, np.dstack([label] * 3))] * 4)
+    with pytest.raises(RuntimeError, match="single-channel 8-bit"):
+        _batches(_cfg(), files, 4)
