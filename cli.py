@@ -24,5 +24,149 @@ def main():
     """Segmenter (ViT + Mask Transformer) on Cityscapes with MindSpore."""
 
 
+def _parse_scales(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        scales = [float(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    if not scales or min(scales) <= 0:
+        raise click.BadParameter(f"{value!r}: give one or more positive factors, e.g. 0.5,1.0,1.5")
+    return scales
+
+
+@main.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
+@click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="build-mindrecord output folder.")
+@click.option("--split", default="val", show_default=True, help="Split to evaluate (test: export only).")
+@click.option("--window", type=click.IntRange(min=1), help="Sliding-window size [eval.window_size].")
+@click.option("--stride", type=click.IntRange(min=1), help="Sliding-window stride [eval.window_stride].")
+@click.option("--infer-size", type=click.IntRange(min=0), help="Short side at inference, 0 = keep [eval.infer_size].")
+@click.option("--flip/--no-flip", default=None, help="Average with the horizontally flipped image [eval.flip].")
+@click.option("--scales", callback=_parse_scales, help="Multi-scale factors, e.g. 0.5,0.75,1.0 [eval.scales].")
+@click.option("--batch-windows", type=click.IntRange(min=1), help="Windows per forward pass [eval.batch_windows].")
+@click.option("--max-images", type=click.IntRange(min=0), default=0, help="Evaluate the first N images (0 = all).")
+@click.option("--save-predictions", type=click.Path(), help="Write labelIds/ and color/ PNGs into this folder.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
+def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, scales, batch_windows,
+             max_images, save_predictions, json_path):
+    """Sliding-window evaluation of CKPT on a built split: official Cityscapes mIoU."""
+    from pathlib import Path
+
+    from configs.schema import ConfigError, apply_overrides, resolve_config
+    from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, EvalError, evaluate_split, write_metrics_json
+    from evaluate.metrics import format_table
+    from evaluate.predictions import PredictionError
+    from mindrecords.reader import MindRecordError, split_shard_files
+
+    if not Path(checkpoint).is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    if split in NO_GROUND_TRUTH_SPLITS and not save_predictions:
+        raise UserError(f"--split {split} has no ground truth to score: pass --save-predictions DIR to export")
+    if json_path and not Path(json_path).parent.is_dir():
+        raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
+    settings = {"window_size": window, "window_stride": stride, "infer_size": infer_size, "flip": flip,
+                "scales": scales, "batch_windows": batch_windows}
+    try:
+        cfg = resolve_config(checkpoint, config)
+        cfg = apply_overrides(cfg, [f"eval.{k}={v}" for k, v in settings.items() if v is not None], "eval options")
+        split_shard_files(data, split)  # fail on a missing split before loading the model
+    except (ConfigError, MindRecordError) as err:
+        raise UserError(str(err)) from None
+
+    from model.checkpoint import load_model
+    from model.runtime import setup_context
+
+    setup_context(cfg.device_target, cfg.mode, cfg.seed)
+    try:
+        net = load_model(checkpoint, cfg)
+        result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
+                                checkpoint=str(checkpoint))
+    except (EvalError, MindRecordError, PredictionError) as err:
+        raise UserError(str(err)) from None
+    except ValueError as err:  # load_model's checkpoint errors name the file
+        raise UserError(str(err)) from None
+
+    e = cfg.eval
+    click.echo(f"{split}: {result['images']} images in {result['seconds']:.1f}s "
+               f"({result['images'] / max(result['seconds'], 1e-9):.2f} img/s); window {e.window_size}, "
+               f"stride {e.window_stride}, infer size {e.infer_size or 'original'}, flip {e.flip}, scales {e.scales}")
+    if split in NO_GROUND_TRUTH_SPLITS:
+        click.echo(f"note: split {split!r} has no ground truth; metrics skipped, predictions exported only")
+    else:
+        click.echo(format_table(result))
+    if save_predictions:
+        click.echo(f"predictions: {save_predictions}/labelIds (submission labelIds), {save_predictions}/color")
+    if json_path:
+        write_metrics_json(result, json_path)
+        click.echo(f"metrics: {json_path}")
+
+
+@main.command("train")
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="Config YAML (required for a new run; with --resume, default: RUN/config.yaml).")
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="build-mindrecord output folder.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder RUN.")
+@click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (same lr position, data order).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set train.iterations=200 (repeatable).")
+def train_cmd(config, data, out, resume, overrides):
+    """Train Segmenter on the built train split; validate, checkpoint, resume; msrun for data parallel."""
+    from configs.schema import ConfigError, apply_overrides, load_config
+    from mindrecords.reader import MindRecordError
+    from train.checkpoint import TrainError
+
+    if config is None and not resume:
+        raise UserError("--config is required for a new run (only --resume can reuse RUN/config.yaml)")
+    try:
+        cfg = None
+        if config is not None:
+            cfg = apply_overrides(load_config(config), list(overrides))
+        elif overrides:
+            raise UserError("--set needs --config (a resumed run keeps its own config)")
+        from train.loop import train
+
+        result = train(cfg, data, out, resume=resume, given_config=config is not None, log=click.echo)
+    except (ConfigError, MindRecordError, TrainError) as err:
+        raise UserError(str(err)) from None
+    if result.rank == 0:
+        best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"
+        click.echo(f"trained {result.steps} steps in {result.seconds:.1f}s on {result.group_size} rank(s); "
+                   f"best val mIoU {best}; last checkpoint {result.last_checkpoint}")
+
+
+@main.command("inspect-pipeline")
+@click.option("--config", required=True, type=click.Path(dir_okay=False), help="Config YAML (data.* and model.mean/std).")
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="build-mindrecord output folder.")
+@click.option("--n", "n", default=8, show_default=True, type=click.IntRange(min=1), help="Samples to save.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set data.photometric.enabled=false (repeatable).")
+def inspect_pipeline_cmd(config, data, n, out, overrides):
+    """Save N augmented training samples as image | image+label overlay PNGs."""
+    import time
+
+    from configs.schema import ConfigError, apply_overrides, load_config
+    from mindrecords.reader import MindRecordError
+    from mindrecords.train_pipeline import save_inspection
+    from prep.progress import Progress
+
+    start = time.perf_counter()
+    try:
+        cfg = apply_overrides(load_config(config), list(overrides))
+        progress = Progress(n, "inspect-pipeline", "sample")
+        written = save_inspection(cfg, data, n, out, progress)
+        progress.close()
+    except (ConfigError, MindRecordError) as err:
+        raise UserError(str(err)) from None
+    seconds = time.perf_counter() - start
+    short = f" (the {cfg.data.train_split} split has only {len(written)} per pass)" if len(written) < n else ""
+    click.echo(f"saved {len(written)} samples{short} to {out} in {seconds:.1f}s "
+               f"(crop {cfg.data.crop_size}; left: augmented image, right: 50% label overlay, "
+               "checkerboard = ignore/padding)")
+
+
 if __name__ == "__main__":
     main()

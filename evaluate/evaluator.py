@@ -1,0 +1,146 @@
+"""Evaluate a network on a built split: sliding-window inference, confusion matrix, scores.
+
+Images stream from the shards one at a time (decode/normalize run ahead in the dataset's C
+threads) and only the confusion matrix is kept, so memory does not depend on the number of
+images. `evaluate_split` is what both `cli.py eval` and training's periodic validation call.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from configs.schema import Config
+from evaluate.metrics import ConfusionMatrix, compute_metrics
+from evaluate.predictions import PredictionWriter
+from evaluate.sliding_window import resize_bilinear, sliding_window_probs
+from mindrecords.eval_pipeline import eval_dataset
+from mindrecords.reader import MindRecordError, split_shard_files
+from prep.labels import NUM_CLASSES
+from prep.progress import Progress
+
+# Splits whose labels are all void (the benchmark keeps the test ground truth private).
+NO_GROUND_TRUTH_SPLITS = ("test",)
+
+
+class EvalError(ValueError):
+    """Evaluation cannot proceed; the message names the file or setting at fault."""
+
+
+def probs_to_prediction(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n_cls, h, w) class probabilities -> (H, W) uint8 trainIds at `size` (bilinear, then argmax)."""
+    height, width = size
+    probs = resize_bilinear(probs, (height, width))
+    out = np.empty((height, width), dtype=np.uint8)
+    # Row blocks keep the class-axis argmax in cache (about 1.5x faster than one call at 1024x2048).
+    for row in range(0, height, 32):
+        out[row:row + 32] = np.argmax(probs[:, row:row + 32], axis=0)
+    return out
+
+
+def _no_metrics() -> dict:
+    return {"mIoU": None, "per_class": {}, "categories": {}, "pixel_accuracy": None}
+
+
+def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
+                   save_predictions=None, checkpoint: str | None = None,
+                   timings: dict | None = None, show_progress: bool = True) -> dict:
+    """Run `net` over `split` with the settings in `cfg.eval`; return the metrics dict.
+
+    Keys: mIoU (in [0, 1]), per_class {name: IoU or None}, categories {name: IoU or None},
+    pixel_accuracy, images, seconds. A split without ground truth (test) yields None scores.
+    `save_predictions` (a folder) receives labelIds and colour PNGs, complete or not at all.
+    `timings`, if given, is filled with seconds spent waiting for input, in sliding-window
+    inference, in resize + argmax, in metric accumulation and in writing predictions.
+    """
+    if cfg.model.n_cls != NUM_CLASSES:
+        source = checkpoint or "the model config"
+        raise EvalError(f"{source}: the model predicts {cfg.model.n_cls} classes but Cityscapes data "
+                        f"has {NUM_CLASSES} (model.n_cls must be {NUM_CLASSES})")
+    files = split_shard_files(data_root, split)
+    has_gt = split not in NO_GROUND_TRUTH_SPLITS
+    data = eval_dataset(cfg, data_root, split, with_raw=save_predictions is not None)
+    total = data.get_dataset_size()
+    if max_images > 0 and max_images < total:
+        data = data.take(max_images)
+        total = max_images
+    writer = PredictionWriter(save_predictions, split=split, checkpoint=checkpoint) if save_predictions else None
+
+    e = cfg.eval
+    cm = ConfusionMatrix(NUM_CLASSES)
+    spent = dict.fromkeys(("input", "inference", "argmax", "metric", "write"), 0.0)
+    progress = Progress(total, f"eval {split}", "img") if show_progress else None
+    was_training = net.training
+    net.set_train(False)
+    start = time.perf_counter()
+    done = 0
+    try:
+        rows = data.create_dict_iterator(num_epochs=1, output_numpy=True)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                row = next(rows)
+            except StopIteration:
+                break
+            except RuntimeError as err:
+                shards = ", ".join(Path(f).name for f in files)
+                raise MindRecordError(f"{Path(files[0]).parent}: reading the {split} shards ({shards}) failed "
+                                      f"after {done} images: {str(err).strip().splitlines()[0]}") from None
+            t1 = time.perf_counter()
+            label = row["label"]
+            probs = sliding_window_probs(net, row["image"], NUM_CLASSES, e.window_size, e.window_stride,
+                                         batch_windows=e.batch_windows, flip=e.flip, scales=tuple(e.scales))
+            t2 = time.perf_counter()
+            pred = probs_to_prediction(probs, label.shape)
+            del probs
+            t3 = time.perf_counter()
+            if has_gt:
+                try:
+                    cm.update(label, pred)
+                except ValueError as err:
+                    raise EvalError(f"{Path(files[0]).parent}: image {row['id']}: {err}") from None
+            t4 = time.perf_counter()
+            if writer is not None:
+                writer.add(str(row["city"]), str(row["id"]), pred, row["raw"])
+            t5 = time.perf_counter()
+            for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                spent[key] += dt
+            done += 1
+            if progress is not None:
+                progress.update(1)
+        if writer is not None:
+            t0 = time.perf_counter()
+            writer.commit(images=done)
+            spent["write"] += time.perf_counter() - t0
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        net.set_train(was_training)
+        if progress is not None:
+            progress.close()
+    seconds = time.perf_counter() - start
+    if timings is not None:
+        timings.update(spent)
+    result = compute_metrics(cm.matrix) if has_gt else _no_metrics()
+    result.update(images=done, seconds=seconds)
+    return result
+
+
+def write_metrics_json(metrics: dict, path) -> None:
+    """Write the metrics dict atomically (temp file + rename): never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(metrics, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
