@@ -255,5 +255,124 @@ def inspect_pipeline_cmd(config, data, n, out, overrides):
                "checkerboard = ignore/padding)")
 
 
+@main.command("convert-weights")
+@click.argument("src", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output checkpoint (.ckpt); its config is written beside it (.yaml).")
+@click.option("--config", type=click.Path(dir_okay=False),
+              help="Model config: required for a .npz; for a release, the base for non-model settings.")
+def convert_weights_cmd(src, out, config):
+    """Import SRC: an official Segmenter release (checkpoint.pth + variant.yml, or its folder) or a Google ViT .npz."""
+    from pathlib import Path
+
+    from configs.schema import ConfigError, config_beside, load_config
+    from model.checkpoint import CheckpointError
+    from model.torch_pickle import TorchFileError
+
+    if not Path(src).exists():
+        raise UserError(f"{src}: not found")
+    if Path(out).suffix != ".ckpt":
+        raise UserError(f"--out {out}: the checkpoint name must end in .ckpt")
+    try:
+        cfg = load_config(config) if config else None
+        from model.convert import convert_weights
+
+        cfg, kind = convert_weights(src, out, cfg)
+    except (ConfigError, CheckpointError, TorchFileError) as err:
+        raise UserError(str(err)) from None
+    m = cfg.model
+    click.echo(f"{src}: {kind} -> {out} (+ {config_beside(out)}); {m.backbone} d_model {m.d_model}, "
+               f"{m.n_layers} layers, patch {m.patch_size}, decoder {m.decoder.name} ({m.decoder.n_layers} layers), "
+               f"{m.n_cls} classes")
+
+
+@main.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
+@click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--window", type=int, help="Sliding-window size [eval.window_size].")
+@click.option("--stride", type=int, help="Sliding-window stride, 1..window [eval.window_stride].")
+@click.option("--infer-size", type=click.IntRange(min=0), help="Short side at inference, 0 = keep [eval.infer_size].")
+@click.option("--flip/--no-flip", default=None, help="Average with the horizontally flipped image [eval.flip].")
+@click.option("--scales", callback=_parse_scales, help="Multi-scale factors, e.g. 0.5,0.75,1.0 [eval.scales].")
+@click.option("--batch-windows", type=click.IntRange(min=1), help="Windows per forward pass [eval.batch_windows].")
+@click.option("--save-probs", is_flag=True, help="Also write {stem}_probs.npy (float32 classes x H x W softmax).")
+def predict_cmd(images, checkpoint, config, out, window, stride, infer_size, flip, scales, batch_windows, save_probs):
+    """Sliding-window prediction: OUT/{stem}.png (trainIds) and OUT/{stem}_color.png per IMAGE."""
+    from pathlib import Path
+
+    from configs.schema import ConfigError, apply_overrides, resolve_config
+    from evaluate.predict import PredictError, check_images, predict_images
+    from model.checkpoint import CheckpointError
+
+    if not Path(checkpoint).is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    if window is not None and window <= 0:
+        raise UserError(f"--window {window}: must be positive")
+    settings = {"window_size": window, "window_stride": stride, "infer_size": infer_size, "flip": flip,
+                "scales": scales, "batch_windows": batch_windows}
+    try:
+        cfg = resolve_config(checkpoint, config)
+        if stride is not None and not 0 < stride <= (window or cfg.eval.window_size):
+            raise UserError(f"--stride {stride}: must be in 1..window ({window or cfg.eval.window_size})")
+        cfg = apply_overrides(cfg, [f"eval.{k}={v}" for k, v in settings.items() if v is not None], "predict options")
+        check_images(images)
+    except (ConfigError, PredictError) as err:
+        raise UserError(str(err)) from None
+
+    from model.checkpoint import load_model
+    from model.runtime import setup_context
+
+    setup_context(cfg.device_target, cfg.mode, cfg.seed)
+    try:
+        net = load_model(checkpoint, cfg)
+        result = predict_images(net, cfg, images, out, save_probs=save_probs)
+    except (CheckpointError, PredictError) as err:
+        raise UserError(str(err)) from None
+    e = cfg.eval
+    click.echo(f"{result['images']} images in {result['seconds']:.1f}s "
+               f"({result['images'] / max(result['seconds'], 1e-9):.2f} img/s); window {e.window_size}, "
+               f"stride {e.window_stride}, flip {e.flip}, scales {e.scales} -> {out}")
+
+
+@main.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
+@click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file, ending in .mindir.")
+@click.option("--size", required=True, help="Fixed input size HxW, e.g. 768x768.")
+def export_cmd(checkpoint, config, out, size):
+    """Export CKPT as MindIR for deployment: input (1,3,H,W) normalized float32, output logits."""
+    from pathlib import Path
+
+    from configs.schema import ConfigError, resolve_config
+    from model.checkpoint import CheckpointError
+
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--size {size!r}: expected HxW with positive integers, e.g. 768x768") from None
+    if Path(out).suffix != ".mindir":
+        raise UserError(f"--out {out}: the file name must end in .mindir")
+    if not Path(checkpoint).is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    try:
+        cfg = resolve_config(checkpoint, config)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+
+    from model.checkpoint import export_mindir, load_model
+    from model.runtime import setup_context
+
+    setup_context(cfg.device_target, "graph", cfg.seed)
+    try:
+        net = load_model(checkpoint, cfg)
+    except CheckpointError as err:
+        raise UserError(str(err)) from None
+    export_mindir(net, out, h, w)
+    click.echo(f"{checkpoint} -> {out}: input (1,3,{h},{w}) float32 normalized, output (1,{cfg.model.n_cls},{h},{w})")
+
+
 if __name__ == "__main__":
     main()

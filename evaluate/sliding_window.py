@@ -84,22 +84,28 @@ def scaled_size(h: int, w: int, scale: float):
 
 
 def sliding_window_probs(net, image: np.ndarray, n_cls: int, window: int, stride: int, batch_windows: int = 4,
-                         flip: bool = False, scales=(1.0,)) -> np.ndarray:
-    """Averaged softmax (n_cls, H, W) float32 of `net` over a normalized float32 CHW image."""
+                         flip: bool = False, scales=(1.0,), out_size=None) -> np.ndarray:
+    """Averaged softmax (n_cls, H, W) float32 of `net` over a normalized float32 CHW image.
+
+    `out_size` (h, w): resize the merged logits to this size instead of the image's, as the
+    official evaluation does for an image resized to the inference size (logits, not probabilities,
+    are resized).
+    """
     if image.ndim != 3:
         raise ValueError(f"image must be (C,H,W), got shape {image.shape}")
     if batch_windows <= 0:
         raise ValueError(f"batch_windows ({batch_windows}) must be positive")
     window_anchors(window, window, stride)  # validates window and stride before any work
     _, h, w = image.shape
-    probs = np.zeros((n_cls, h, w), np.float32)
+    out_h, out_w = out_size if out_size is not None else (h, w)
+    probs = np.zeros((n_cls, out_h, out_w), np.float32)
     runs = 0
     for scale in scales:
         scaled = image if scale == 1.0 else resize_bilinear(image, scaled_size(h, w, scale))
         for flipped in ((False, True) if flip else (False,)):
             im = scaled[:, :, ::-1] if flipped else scaled
             logit = window_logits(net, upscale_to_window(im, window), n_cls, window, stride, batch_windows)
-            logit = resize_bilinear(logit, (h, w))
+            logit = resize_bilinear(logit, (out_h, out_w))
             if flipped:
                 logit = logit[:, :, ::-1]
             probs += _softmax(logit)

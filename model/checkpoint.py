@@ -85,3 +85,18 @@ def save_model(net, ckpt_path, cfg, extra: dict | None = None) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def export_mindir(net, out_path, height: int, width: int) -> None:
+    """MindIR of `net` for a fixed (1,3,H,W) input, written atomically."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stem = out.with_name(f".{out.stem}.tmp{os.getpid()}")
+    tmp = stem.with_name(stem.name + ".mindir")
+    try:
+        ms.export(net, ms.Tensor(np.zeros((1, 3, height, width), np.float32)), file_name=str(stem),
+                  file_format="MINDIR")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,239 @@
+"""Weight import: official Segmenter releases (checkpoint.pth + variant.yml) and Google ViT .npz files.
+
+Official state-dict names equal this project's parameter names (see model/layers.py), so a
+release maps one to one; only the unused ImageNet head `encoder.head.*` is dropped. Google ViT
+keys are converted to (out, in) layouts as timm's loader does (REFERENCE.md section 2).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import yaml
+import mindspore as ms
+
+from configs.schema import Config, ConfigError, config_from_dict, config_to_dict
+from evaluate.sliding_window import resize_bilinear
+from model.checkpoint import CheckpointError, assign_parameters, match_parameters, save_model
+from model.segmenter import build_segmenter
+from model.torch_pickle import load_torch_file
+
+# Official pixel statistics (segm/data/utils.py STATS) on the 0..1 scale.
+NORMALIZATION = {
+    "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "deit": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+UNUSED_RELEASE_PREFIXES = ("encoder.head.",)  # the ViT's ImageNet classifier, never used by Segmenter
+UNUSED_NPZ_PREFIXES = ("head/", "pre_logits/")
+
+
+class _VariantLoader(yaml.SafeLoader):
+    """Safe YAML plus the `!!python/tuple` tag official variant.yml files use (read as a list)."""
+
+
+_VariantLoader.add_constructor("tag:yaml.org,2002:python/tuple",
+                               lambda loader, node: loader.construct_sequence(node))
+
+
+def _variant_value(variant: dict, path: str, source: Path):
+    node = variant
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{source}: missing key {path!r}")
+        node = node[part]
+    return node
+
+
+def config_from_variant(variant_path, base: Config | None = None) -> Config:
+    """A project config whose model (and eval/crop/optimizer settings) come from an official variant.yml."""
+    variant_path = Path(variant_path)
+    try:
+        variant = yaml.load(variant_path.read_text(), Loader=_VariantLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{variant_path}: not valid YAML: {err}") from None
+    if not isinstance(variant, dict):
+        raise ConfigError(f"{variant_path}: expected a mapping")
+    net = _variant_value(variant, "net_kwargs", variant_path)
+    if net.get("distilled"):
+        raise ConfigError(f"{variant_path}: distilled (DeiT) backbones are not supported")
+    norm = _variant_value(variant, "net_kwargs.normalization", variant_path)
+    if norm not in NORMALIZATION:
+        raise ConfigError(f"{variant_path}: unknown normalization {norm!r} (known: {', '.join(NORMALIZATION)})")
+    mean, std = NORMALIZATION[norm]
+    dec = _variant_value(variant, "net_kwargs.decoder", variant_path)
+    data = config_to_dict(base or Config())
+    image_size = _variant_value(variant, "net_kwargs.image_size", variant_path)
+    if isinstance(image_size, int):
+        image_size = [image_size, image_size]
+    dec_name = "linear" if "linear" in str(dec.get("name")) else dec.get("name")
+    decoder = config_to_dict(Config()).get("model")["decoder"]
+    decoder.update(name=dec_name, n_layers=dec.get("n_layers", 0 if dec_name == "linear" else decoder["n_layers"]),
+                   dropout=float(dec.get("dropout", decoder["dropout"])),
+                   drop_path_rate=float(dec.get("drop_path_rate", decoder["drop_path_rate"])))
+    required = {k: _variant_value(variant, f"net_kwargs.{k}", variant_path)
+                for k in ("backbone", "patch_size", "d_model", "n_layers", "n_heads", "n_cls")}
+    data["model"].update(
+        **required, image_size=list(image_size), mlp_ratio=4,
+        dropout=float(net.get("dropout", 0.0)), drop_path_rate=float(net.get("drop_path_rate", 0.0)),
+        mean=[m * 255 for m in mean], std=[s * 255 for s in std], decoder=decoder, pretrained=None)
+    inf = variant.get("inference_kwargs") or {}
+    for key, name in (("window_size", "window_size"), ("window_stride", "window_stride"), ("im_size", "infer_size")):
+        if key in inf:
+            data["eval"][name] = inf[key]
+    data["data"]["crop_size"] = int(image_size[0])
+    opt = variant.get("optimizer_kwargs") or {}
+    for key, section, name in (("lr", "optimizer", "lr"), ("momentum", "optimizer", "momentum"),
+                               ("weight_decay", "optimizer", "weight_decay"), ("min_lr", "schedule", "min_lr"),
+                               ("poly_power", "schedule", "power")):
+        if opt.get(key) is not None:
+            data["train"][section][name] = float(opt[key])
+    if (variant.get("algorithm_kwargs") or {}).get("num_epochs"):
+        data["train"]["epochs"] = int(variant["algorithm_kwargs"]["num_epochs"])
+    return config_from_dict(data, str(variant_path))
+
+
+def release_paths(src) -> tuple[Path, Path]:
+    """(checkpoint.pth, variant.yml) of a release given its folder or its .pth."""
+    src = Path(src)
+    pth = src / "checkpoint.pth" if src.is_dir() else src
+    if not pth.is_file():
+        raise CheckpointError(f"{pth}: checkpoint not found")
+    variant = pth.parent / "variant.yml"
+    if not variant.is_file():
+        raise CheckpointError(f"{pth}: no variant.yml beside it ({variant}); an official release folder holds both")
+    return pth, variant
+
+
+def load_release(src, base: Config | None = None):
+    """Build the network of an official release and load its weights: (net, config)."""
+    pth, variant = release_paths(src)
+    cfg = config_from_variant(variant, base)
+    obj = load_torch_file(pth)
+    state = obj.get("model") if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{pth}: no 'model' state dict in the checkpoint")
+    bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
+    if bad:
+        raise CheckpointError(f"{pth}: entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+    tensors = {k: v for k, v in state.items() if not k.startswith(UNUSED_RELEASE_PREFIXES)}
+    net = build_segmenter(cfg.model)
+    assign_parameters(net, match_parameters(net, tensors, str(pth)))
+    net.set_train(False)
+    return net, cfg
+
+
+def _npz_expected(cfg: Config, grid_old: int | None) -> dict:
+    m = cfg.model
+    d, h, p = m.d_model, m.n_heads, m.patch_size
+    shapes = {"embedding/kernel": (p, p, 3, d), "embedding/bias": (d,), "cls": (1, 1, d),
+              "Transformer/encoder_norm/scale": (d,), "Transformer/encoder_norm/bias": (d,)}
+    if grid_old is not None:
+        shapes["Transformer/posembed_input/pos_embedding"] = (1, 1 + grid_old * grid_old, d)
+    for i in range(m.n_layers):
+        b = f"Transformer/encoderblock_{i}/"
+        a = b + "MultiHeadDotProductAttention_1/"
+        for ln in ("LayerNorm_0", "LayerNorm_2"):
+            shapes[f"{b}{ln}/scale"] = shapes[f"{b}{ln}/bias"] = (d,)
+        for n in ("query", "key", "value"):
+            shapes[f"{a}{n}/kernel"] = (d, h, d // h)
+            shapes[f"{a}{n}/bias"] = (h, d // h)
+        shapes[f"{a}out/kernel"] = (h, d // h, d)
+        shapes[f"{a}out/bias"] = (d,)
+        shapes[f"{b}MlpBlock_3/Dense_0/kernel"] = (d, m.mlp_ratio * d)
+        shapes[f"{b}MlpBlock_3/Dense_0/bias"] = (m.mlp_ratio * d,)
+        shapes[f"{b}MlpBlock_3/Dense_1/kernel"] = (m.mlp_ratio * d, d)
+        shapes[f"{b}MlpBlock_3/Dense_1/bias"] = (d,)
+    return shapes
+
+
+def encoder_from_npz(path, cfg: Config) -> dict:
+    """Encoder parameters (project names) from a Google ViT .npz, position grid resized to model.image_size."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            w = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable .npz ({err})") from None
+    prefix = "opt/target/" if "opt/target/embedding/kernel" in w else ""
+    w = {k[len(prefix):]: v for k, v in w.items() if k.startswith(prefix)}
+    pos_key = "Transformer/posembed_input/pos_embedding"
+    grid_old = None
+    if pos_key in w and w[pos_key].ndim == 3:
+        grid_old = int(round(np.sqrt(w[pos_key].shape[1] - 1)))
+        if grid_old * grid_old + 1 != w[pos_key].shape[1]:
+            raise CheckpointError(f"{path}: {pos_key} {w[pos_key].shape} is not a square grid plus a class token")
+    expected = _npz_expected(cfg, grid_old)
+    if pos_key not in expected:
+        expected[pos_key] = ("(1, 1+g*g, d_model)",)
+    missing = sorted(set(expected) - set(w))
+    unexpected = sorted(k for k in set(w) - set(expected) if not k.startswith(UNUSED_NPZ_PREFIXES))
+    shaped = sorted(f"{k} {w[k].shape} != {expected[k]}" for k in set(expected) & set(w)
+                    if tuple(w[k].shape) != tuple(expected[k]))
+    problems = [f"{label} {len(v)}: {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}"
+                for label, v in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shaped)) if v]
+    if problems:
+        raise CheckpointError(f"{path}: does not match model (d_model {cfg.model.d_model}, n_heads "
+                              f"{cfg.model.n_heads}, n_layers {cfg.model.n_layers}, patch {cfg.model.patch_size}); "
+                              + "; ".join(problems))
+    d = cfg.model.d_model
+    f32 = {k: np.asarray(v, np.float32) for k, v in w.items()}
+    out = {"encoder.patch_embed.proj.weight": f32["embedding/kernel"].transpose(3, 2, 0, 1),
+           "encoder.patch_embed.proj.bias": f32["embedding/bias"],
+           "encoder.cls_token": f32["cls"],
+           "encoder.norm.weight": f32["Transformer/encoder_norm/scale"],
+           "encoder.norm.bias": f32["Transformer/encoder_norm/bias"]}
+    pos = f32[pos_key]
+    gh, gw = (s // cfg.model.patch_size for s in cfg.model.image_size)
+    grid = pos[0, 1:].reshape(grid_old, grid_old, d).transpose(2, 0, 1)
+    grid = resize_bilinear(grid, (gh, gw)).transpose(1, 2, 0).reshape(1, gh * gw, d)
+    out["encoder.pos_embed"] = np.concatenate([pos[:, :1], grid], axis=1)
+    for i in range(cfg.model.n_layers):
+        b = f"Transformer/encoderblock_{i}/"
+        a = b + "MultiHeadDotProductAttention_1/"
+        t = f"encoder.blocks.{i}."
+        out[t + "norm1.weight"] = f32[b + "LayerNorm_0/scale"]
+        out[t + "norm1.bias"] = f32[b + "LayerNorm_0/bias"]
+        out[t + "norm2.weight"] = f32[b + "LayerNorm_2/scale"]
+        out[t + "norm2.bias"] = f32[b + "LayerNorm_2/bias"]
+        out[t + "attn.qkv.weight"] = np.concatenate([f32[f"{a}{n}/kernel"].reshape(d, d).T
+                                                     for n in ("query", "key", "value")])
+        out[t + "attn.qkv.bias"] = np.concatenate([f32[f"{a}{n}/bias"].reshape(d) for n in ("query", "key", "value")])
+        out[t + "attn.proj.weight"] = f32[a + "out/kernel"].reshape(d, d).T
+        out[t + "attn.proj.bias"] = f32[a + "out/bias"]
+        for r in range(2):
+            out[t + f"mlp.fc{r + 1}.weight"] = f32[f"{b}MlpBlock_3/Dense_{r}/kernel"].T
+            out[t + f"mlp.fc{r + 1}.bias"] = f32[f"{b}MlpBlock_3/Dense_{r}/bias"]
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def init_from_npz(path, cfg: Config):
+    """The network of `cfg` with its encoder from a Google ViT .npz; the decoder is seeded random init."""
+    encoder = encoder_from_npz(path, cfg)
+    ms.set_seed(cfg.seed)
+    net = build_segmenter(cfg.model)
+    tensors = {p.name: p.asnumpy() for p in net.get_parameters() if not p.name.startswith("encoder.")}
+    tensors.update(encoder)
+    assign_parameters(net, match_parameters(net, tensors, str(path)))
+    return net
+
+
+def convert_weights(src, out, config: Config | None = None) -> tuple[Config, str]:
+    """Write CKPT (+ its .yaml) from a release or an .npz; returns (config, kind)."""
+    src = Path(src)
+    if src.suffix == ".npz":
+        if config is None:
+            raise ConfigError(f"{src}: a .npz holds only encoder weights; pass --config for the model to build")
+        cfg = copy.deepcopy(config)
+        net = init_from_npz(src, cfg)
+        cfg.model.pretrained = str(src)
+        kind = "Google ViT .npz (encoder)"
+    else:
+        net, cfg = load_release(src, config)
+        kind = "official Segmenter release"
+    save_model(net, out, cfg)
+    return cfg, kind
+
+

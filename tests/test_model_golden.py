@@ -1,0 +1,87 @@
+"""Golden proof: the official PyTorch Segmenter's outputs, reproduced by convert-weights + predict.
+
+The fixtures in tests/fixtures/golden were produced once by the official code (see README there).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import mindspore as ms
+from click.testing import CliRunner
+from PIL import Image
+
+import cli
+from configs.schema import Config, ModelConfig, load_config, save_config
+from model.checkpoint import load_model
+from model.runtime import setup_context
+from prep.labels import colorize
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+IMAGE = GOLDEN / "frankfurt_000000_000294_small.png"
+TOL = 1e-4
+
+
+def run(*args):
+    result = CliRunner().invoke(cli.main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("golden")
+    ckpts = {}
+    for name in ("mask", "linear"):
+        ckpt = out / f"{name}.ckpt"
+        run("convert-weights", GOLDEN / f"seg_golden_{name}" / "checkpoint.pth", "--out", ckpt)
+        ckpts[name] = ckpt
+    return ckpts
+
+
+def test_config_derived_from_variant(converted):
+    cfg = load_config(converted["mask"].with_suffix(".yaml"))
+    m = cfg.model
+    assert (m.patch_size, m.d_model, m.n_heads, m.n_layers, m.n_cls) == (8, 64, 2, 2, 19)
+    assert m.image_size == [32, 32] and m.mean == [127.5] * 3 and m.std == [127.5] * 3
+    assert (m.decoder.name, m.decoder.n_layers, m.decoder.dropout) == ("mask_transformer", 2, 0.1)
+    assert (cfg.eval.window_size, cfg.eval.window_stride, cfg.eval.infer_size) == (32, 24, 48)
+    lin = load_config(converted["linear"].with_suffix(".yaml")).model
+    assert lin.decoder.name == "linear" and lin.mean == pytest.approx([0.485 * 255, 0.456 * 255, 0.406 * 255])
+
+
+@pytest.mark.parametrize("name,case,options", [
+    ("mask", "sliding", []),  # 48x96, window 32, stride 24: 2 x 4 windows
+    ("mask", "upscale", ["--window", 64, "--stride", 32]),  # short side 48 < 64: upscaled to 64x128
+    ("mask", "flip", ["--flip"]),
+    ("linear", "sliding", []),
+])
+def test_predict_reproduces_official_probabilities(converted, tmp_path, name, case, options):
+    out = tmp_path / "pred"
+    run("predict", IMAGE, "--checkpoint", converted[name], "--out", out, "--save-probs", "--batch-windows", 3,
+        *options)
+    stem = IMAGE.stem
+    probs = np.load(out / f"{stem}_probs.npy")
+    expected = np.load(GOLDEN / f"probs_{name}.npz")[case]
+    assert probs.dtype == np.float32 and probs.shape == expected.shape == (19, 48, 96)
+    np.testing.assert_allclose(probs, expected, atol=TOL, rtol=0)
+    ids = np.asarray(Image.open(out / f"{stem}.png"))
+    np.testing.assert_array_equal(ids, probs.argmax(0))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_color.png")), colorize(ids))
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{stem}.png", f"{stem}_color.png", f"{stem}_probs.npy"])
+
+
+def test_npz_import_gives_official_encoder_features(tmp_path):
+    cfg = Config(model=ModelConfig(backbone="vit_golden_patch8", d_model=64, n_heads=2, n_layers=2, patch_size=8,
+                                   image_size=[48, 48]))
+    save_config(cfg, tmp_path / "cfg.yaml")
+    ckpt = tmp_path / "vit.ckpt"
+    run("convert-weights", GOLDEN / "vit_golden_augreg.npz", "--out", ckpt, "--config", tmp_path / "cfg.yaml")
+    saved = load_config(ckpt.with_suffix(".yaml"))
+    assert saved.model.pretrained.endswith("vit_golden_augreg.npz")
+    setup_context("CPU", "pynative", 0)
+    net = load_model(ckpt, saved)
+    ref = np.load(GOLDEN / "vit_golden_features.npz")
+    feats = net.encoder(ms.Tensor(ref["input"])).asnumpy()  # 40x64 input: the 6x6 grid is resized again
+    np.testing.assert_allclose(feats, ref["features"], atol=TOL, rtol=0)
