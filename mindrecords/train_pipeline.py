@@ -122,13 +122,64 @@ def train_dataset(cfg: Config, data_root, rank: int = 0, group_size: int = 1,
     disjoint share. Raises `MindRecordError` (naming the split dir) if the split is missing or
     damaged or too small for one batch per rank, `ConfigError` for unusable data settings.
     """
-    from mindrecords.reader import MindRecordError, split_shard_files
+    from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
 
-    files = split_shard_files(data_root, cfg.data.train_split)
-    n_samples = ds.MindDataset(files, columns_list=["label"], shuffle=False).get_dataset_size()
+    split = cfg.data.train_split
+    files = split_shard_files(data_root, split)
+    n_samples = read_manifest(data_root, split, columns=["id"]).num_rows
     try:
         return build_train_dataset(cfg, files, n_samples, rank, group_size, epoch_seed)
     except ValueError as err:
         if isinstance(err, ConfigError):
             raise
-        raise MindRecordError(f"{data_root}/{cfg.data.train_split}: {err}") from None
+        raise MindRecordError(f"{data_root}/{split}: {err}") from None
+
+
+def overlay(image_chw: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
+    """One augmented sample as an RGB panel: [de-normalized image | 50% blend with the label colours].
+
+    Void and padding pixels (`data.ignore_index`) are blended with a black/white checkerboard,
+    which no class colour resembles.
+    """
+    from prep.labels import colorize
+
+    mean = np.asarray(cfg.model.mean, np.float32)
+    std = np.asarray(cfg.model.std, np.float32)
+    image = np.clip(np.rint(image_chw.transpose(1, 2, 0) * std + mean), 0, 255).astype(np.uint8)
+    label = label.astype(np.uint8)
+    yy, xx = np.indices(label.shape)
+    checker = np.where(((yy // 8 + xx // 8) % 2 == 0)[..., None], 255, 0).astype(np.uint8)
+    colours = np.where((label == cfg.data.ignore_index)[..., None], checker, colorize(label))
+    blend = ((image.astype(np.uint16) + colours) // 2).astype(np.uint8)
+    return np.concatenate([image, blend], axis=1)
+
+
+def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> list:
+    """Write `n` augmented training samples as overlay PNGs `sample_NNN.png` into `out_dir`.
+
+    Samples come one at a time (batch size 1) from the real pipeline. Each PNG is written to a
+    temporary name and renamed, so a reader never sees half a file.
+    """
+    import copy
+    from pathlib import Path
+
+    import cv2
+
+    cfg = copy.deepcopy(cfg)
+    cfg.train.batch_size = 1
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = train_dataset(cfg, data_root)
+    written = []
+    for image, label in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
+        path = out / f"sample_{len(written):03d}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay(image[0], label[0], cfg), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{tmp}: could not write")
+        tmp.replace(path)
+        written.append(path)
+        if progress is not None:
+            progress.update(1)
+        if len(written) == n:
+            break
+    return written

@@ -7,24 +7,18 @@ import pytest
 
 from configs.schema import Config, ConfigError
 from mindrecords.train_pipeline import build_train_dataset
+from mindrecords.writer import write_shard
 from test_pipeline_augment import _coded_pair, _decode_colours, _interior, _palette
 
 H, W, CROP = 64, 128, 48
 
 
 def _write_shards(path, pairs):
-    from mindspore.mindrecord import FileWriter
-
-    writer = FileWriter(str(path), shard_num=1, overwrite=True)
-    writer.add_schema({"id": {"type": "string"}, "city": {"type": "string"}, "image": {"type": "bytes"},
-                       "label": {"type": "bytes"}, "height": {"type": "int32"}, "width": {"type": "int32"}}, "t")
-    rows = []
-    for k, (image, label) in enumerate(pairs):
-        rows.append({"id": f"s{k}", "city": "c", "height": image.shape[0], "width": image.shape[1],
-                     "image": cv2.imencode(".png", image[:, :, ::-1])[1].tobytes(),
-                     "label": cv2.imencode(".png", label)[1].tobytes()})
-    writer.write_raw_data(rows)
-    writer.commit()
+    """One shard in the project's schema (PREP's writer) holding `pairs` of RGB image and label."""
+    records = ({"id": f"s{k}", "city": "c", "height": image.shape[0], "width": image.shape[1],
+                "image": cv2.imencode(".png", image[:, :, ::-1])[1].tobytes(),
+                "label": cv2.imencode(".png", label)[1].tobytes()} for k, (image, label) in enumerate(pairs))
+    write_shard(path.parent, path.name, records)
     return [str(path)]
 
 

@@ -1,0 +1,105 @@
+"""train_dataset and inspect-pipeline over a split built by make-sample + build-mindrecord."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from configs.schema import Config, save_config
+from mindrecords.reader import MindRecordError
+from mindrecords.train_pipeline import overlay, train_dataset
+from prep.labels import colorize
+
+CROP = 32
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from prep.build import build
+    from prep.sample import make_sample
+
+    work = tmp_path_factory.mktemp("split")
+    make_sample(work / "cityscapes", n_train=6, n_val=0, height=64, width=128, seed=0)
+    build(work / "cityscapes", work / "mindrecord", ["train"], workers=1, echo=lambda *a, **k: None)
+    return work / "mindrecord"
+
+
+def _cfg(batch=2) -> Config:
+    cfg = Config()
+    cfg.train.batch_size = batch
+    cfg.data.crop_size = CROP
+    cfg.data.base_size = [128, 64]
+    return cfg
+
+
+def test_train_dataset_reads_the_built_split(built):
+    batches = list(train_dataset(_cfg(), built).create_tuple_iterator(output_numpy=True, num_epochs=1))
+    assert len(batches) == 3
+    for images, labels in batches:
+        assert images.shape == (2, 3, CROP, CROP) and images.dtype == np.float32
+        assert labels.shape == (2, CROP, CROP) and labels.dtype == np.int32
+        assert set(np.unique(labels)) <= set(range(19)) | {255}
+    # Each of 2 ranks gets 3 of the 6 samples: one batch of 2.
+    assert train_dataset(_cfg(), built, rank=1, group_size=2).get_dataset_size() == 1
+
+
+def test_split_too_small_for_the_ranks_names_the_split(built):
+    with pytest.raises(MindRecordError, match=r"mindrecord/train: 6 samples cannot give each of 2 rank\(s\) one batch"):
+        train_dataset(_cfg(batch=4), built, rank=0, group_size=2)
+
+
+def test_missing_split_names_the_folder(built):
+    cfg = _cfg()
+    cfg.data.train_split = "extra"
+    with pytest.raises(MindRecordError, match="extra"):
+        train_dataset(cfg, built)
+
+
+def test_overlay_blends_classes_and_marks_ignore():
+    cfg = Config()
+    label = np.zeros((16, 16), np.int32)
+    label[:, 8:] = 255
+    label[:4, :8] = 13
+    image = np.full((3, 16, 16), 0.2, np.float32)  # normalized; raw value 153 with mean = std = 127.5
+    panel = overlay(image, label, cfg)
+    raw = np.full((16, 16, 3), 153, np.uint8)
+    assert panel.shape == (16, 32, 3)
+    assert np.array_equal(panel[:, :16], raw)
+    blend = panel[:, 16:].astype(int)
+    colours = colorize(label[:, :8].astype(np.uint8)).astype(int)
+    assert np.array_equal(blend[:, :8], (153 + colours) // 2)
+    # Ignore: a checkerboard of (153 + 255) // 2 and 153 // 2, unlike any class colour blend.
+    assert set(np.unique(blend[:, 8:])) == {153 // 2, (153 + 255) // 2}
+
+
+def test_inspect_pipeline_writes_overlay_pngs(built, tmp_path):
+    from cli import main
+
+    config = tmp_path / "cfg.yaml"
+    save_config(_cfg(), config)
+    out = tmp_path / "inspect"
+    result = CliRunner().invoke(main, ["inspect-pipeline", "--config", str(config), "--data", str(built),
+                                       "--n", "4", "--out", str(out), "--set", "data.flip_prob=1.0"])
+    assert result.exit_code == 0, result.output
+    assert "saved 4 samples" in result.output
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == [f"sample_{k:03d}.png" for k in range(4)]
+    for f in files:
+        panel = cv2.imread(str(f))
+        assert panel.shape == (CROP, 2 * CROP, 3)
+        assert not np.array_equal(panel[:, :CROP], panel[:, CROP:])
+
+
+def test_inspect_pipeline_bad_inputs_exit_2(built, tmp_path):
+    from cli import main
+
+    config = tmp_path / "cfg.yaml"
+    save_config(_cfg(), config)
+    runner = CliRunner()
+    missing = runner.invoke(main, ["inspect-pipeline", "--config", str(config), "--data", str(tmp_path / "none"),
+                                   "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "none" in missing.output and "error:" in missing.output
+    bad_key = runner.invoke(main, ["inspect-pipeline", "--config", str(config), "--data", str(built),
+                                   "--out", str(tmp_path / "o"), "--set", "data.crop=5"])
+    assert bad_key.exit_code == 2 and "data.crop" in bad_key.output
