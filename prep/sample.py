@@ -151,7 +151,7 @@ def scene(rng: np.random.Generator, h: int, w: int) -> list[dict]:
             if kind == "car" and bw > 20:
                 add("license plate", _quad(cx - bw * 0.1, y - bh * 0.3, cx + bw * 0.1, y - bh * 0.18))
         elif kind in ("person", "rider"):
-            ph = 0.5 * h * s + 6
+            ph = 0.35 * h * s + 6
             pw = ph * 0.3
             if kind == "rider":
                 bike = "bicycle" if rng.random() < 0.6 else "motorcycle"
