@@ -27,6 +27,21 @@ def apply_amp(net: nn.Cell, level: str) -> nn.Cell:
     raise ValueError(f"train.amp_level: unknown level {level!r}")
 
 
+def enable_recompute(net: nn.Cell) -> int:
+    """Mark every transformer block for recomputation; returns how many were marked.
+
+    Only each block's input is kept for backward; its attention maps (B x heads x N x N, N =
+    tokens) are rebuilt when the gradient needs them, so peak memory holds one block's
+    activations instead of all of them.
+    """
+    from model.layers import Block
+
+    blocks = [cell for _, cell in net.cells_and_names() if isinstance(cell, Block)]
+    for block in blocks:
+        block.recompute()
+    return len(blocks)
+
+
 def build_loss_scaler(train: TrainConfig):
     ls = train.loss_scale
     if ls.dynamic:

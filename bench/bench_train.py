@@ -1,0 +1,150 @@
+"""Train-step time and peak memory: seg_tiny, batch 2 x 768x768, GRAPH_MODE on CPU.
+
+Compares, each in its own process (so peak RSS is per variant):
+  project  train.step.TrainStep (hand-written loss-scaled, clipped step) with the project loss
+  plain    the same math written plainly: nn.WithLossCell + nn.TrainOneStepCell, no loss scale or
+           clip, with the loss as one composed expression (one-hot * log_softmax)
+A watchdog kills a variant whose RSS passes --max-rss-gib (this machine is shared).
+
+    .venv/bin/python bench/bench_train.py [--batch 2 --crop 768 --steps 3 --set key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def _peak_gib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def _watchdog(limit_gib: float) -> None:
+    def watch():
+        while True:
+            if _rss_gib() > limit_gib:
+                print(json.dumps({"error": f"RSS above {limit_gib} GiB, killed"}), flush=True)
+                os._exit(3)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def run_variant(args) -> dict:
+    _watchdog(args.max_rss_gib)
+    import numpy as np
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    from configs.schema import Config, apply_overrides
+    from model.runtime import setup_context
+    from model.segmenter import build_segmenter
+    from train.loss import NetWithLoss, SegCrossEntropy
+    from train.optim import build_optimizer
+    from train.step import TrainStep, apply_amp, build_loss_scaler, enable_recompute, lr_tensor
+
+    cfg = apply_overrides(Config(), [f"data.crop_size={args.crop}", f"train.batch_size={args.batch}"]
+                          + list(args.set))
+    setup_context("CPU", "graph", 0)
+    net = build_segmenter(cfg.model)
+    rng = np.random.default_rng(0)
+    image = ms.Tensor(rng.normal(size=(args.batch, 3, args.crop, args.crop)).astype(np.float32))
+    label_np = rng.integers(0, cfg.model.n_cls, size=(args.batch, args.crop, args.crop)).astype(np.int32)
+    label_np[:, :8] = 255
+    label = ms.Tensor(label_np)
+    if args.variant == "project":
+        if cfg.train.recompute:
+            enable_recompute(net)
+        net = apply_amp(net, cfg.train.amp_level)
+        opt = build_optimizer(net, cfg.train.optimizer)
+        step = TrainStep(NetWithLoss(net, SegCrossEntropy(255)), opt, build_loss_scaler(cfg.train),
+                         cfg.train.clip_grad_norm)
+        lr = lr_tensor(cfg.train.optimizer.lr)
+        call = lambda: step(image, label, lr)[0]  # noqa: E731
+    else:
+        class PlainCE(nn.Cell):
+            def construct(self, logits, lbl):
+                valid = (lbl != 255).astype(ms.float32)
+                onehot = ops.one_hot(ops.where(lbl != 255, lbl, 0), logits.shape[1], 1.0, 0.0, axis=1)
+                nll = -(onehot * ops.log_softmax(logits, axis=1)).sum(1)
+                return (nll * valid).sum() / valid.sum()
+
+        opt = nn.SGD(net.trainable_params(), learning_rate=cfg.train.optimizer.lr,
+                     momentum=cfg.train.optimizer.momentum)
+        step = nn.TrainOneStepCell(nn.WithLossCell(net, PlainCE()), opt)
+        call = lambda: step(image, label)  # noqa: E731
+    step.set_train()
+    t0 = time.perf_counter()
+    float(call().asnumpy())
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        float(call().asnumpy())
+        times.append(time.perf_counter() - t0)
+    return {"variant": args.variant, "first_step_s": compile_s, "step_s": float(np.median(times)),
+            "peak_rss_gib": _peak_gib()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--crop", type=int, default=768)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--max-rss-gib", type=float, default=12.0)
+    parser.add_argument("--variants", default="project,plain")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)), flush=True)
+        return
+    rows = []
+    for variant in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(args.batch), "--crop", str(args.crop),
+               "--steps", str(args.steps), "--max-rss-gib", str(args.max_rss_gib)]
+        for item in args.set:
+            cmd += ["--set", item]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        row = json.loads(lines[-1]) if lines else {"error": proc.stderr.strip().splitlines()[-1:]}
+        row.setdefault("variant", variant)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\nseg_tiny train step, batch {args.batch} x {args.crop}x{args.crop}, GRAPH_MODE, CPU "
+          f"({os.cpu_count()} cores)")
+    print(f"{'variant':<10} {'step s':>8} {'first step s':>13} {'peak RSS GiB':>13}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['variant']:<10} error: {r['error']}")
+        else:
+            print(f"{r['variant']:<10} {r['step_s']:>8.2f} {r['first_step_s']:>13.1f} {r['peak_rss_gib']:>13.2f}")
+    ok = [r for r in rows if "error" not in r]
+    if len(ok) == 2:
+        a, b = ok
+        print(f"{a['variant']}/{b['variant']}: time x{a['step_s'] / b['step_s']:.2f}, "
+              f"peak memory x{a['peak_rss_gib'] / b['peak_rss_gib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The `train` command end to end on a tiny model and a tiny generated data set:
+checkpoints, metrics, curves, resume equivalence, and every bad input the issue lists."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("mindspore")
+
+import cli  # noqa: E402
+from configs.schema import config_from_dict  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "seed": 0,
+    "model": {"d_model": 32, "n_heads": 2, "n_layers": 2, "patch_size": 8, "image_size": [64, 64],
+              "drop_path_rate": 0.0, "decoder": {"name": "mask_transformer", "n_layers": 1, "dropout": 0.0}},
+    "data": {"crop_size": 64, "base_size": [256, 128], "ratio_range": [0.5, 1.0], "num_parallel_workers": 1},
+    "train": {"iterations": 6, "batch_size": 2, "checkpoint_every": 3, "eval_every": 3, "log_every": 2,
+              "keep_checkpoints": 2, "optimizer": {"lr": 0.05}},
+    "eval": {"window_size": 64, "window_stride": 64, "infer_size": 64, "batch_windows": 2},
+}
+
+
+def write_tiny_config(path: Path, **sections) -> Path:
+    import yaml
+
+    data = json.loads(json.dumps(TINY))
+    for key, value in sections.items():
+        data[key].update(value)
+    config_from_dict(data)  # the test config itself must be valid
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """8 train + 2 val generated frames of 128x256, built into MindRecords by the real commands."""
+    base = tmp_path_factory.mktemp("train_data")
+    py = sys.executable
+    subprocess.run([py, str(ROOT / "cli.py"), "make-sample", "--out", str(base / "cs"), "--train", "8", "--val", "2",
+                    "--height", "128", "--width", "256"], check=True, capture_output=True)
+    subprocess.run([py, str(ROOT / "cli.py"), "build-mindrecord", "--root", str(base / "cs"), "--out",
+                    str(base / "mr"), "--shard-size", "4", "--workers", "1"], check=True, capture_output=True)
+    return base / "mr"
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(cli.main, ["train", *map(str, args)], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="session")
+def full_run(tiny_data, tmp_path_factory):
+    """One uninterrupted 6-step run, shared by the tests that inspect its outputs."""
+    from configs.schema import load_config
+    from train.loop import train
+
+    base = tmp_path_factory.mktemp("full")
+    cfg_path = write_tiny_config(base / "tiny.yaml")
+    result = train(load_config(cfg_path), tiny_data, base / "run", log=lambda *_: None)
+    return cfg_path, base / "run", result
+
+
+def test_run_writes_checkpoints_metrics_and_curves(full_run):
+    from model.checkpoint import load_model
+    from configs.schema import load_config
+
+    cfg_path, run, result = full_run
+    ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    # keep_checkpoints=2 of steps 3 and 6, plus the best by val mIoU.
+    assert ckpts == ["best.ckpt", "step_0000003.ckpt", "step_0000006.ckpt"]
+    assert (run / "checkpoints" / "step_0000006.yaml").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == [2, 4, 6]
+    assert [r["step"] for r in records if r["type"] == "val"] == [3, 6]
+    assert all(0 <= r["mIoU"] <= 1 for r in records if r["type"] == "val")
+    import cv2
+
+    curves = cv2.imread(str(run / "curves.png"))
+    assert curves is not None and curves.shape[0] > 100
+    # MODEL's loader reads a training checkpoint (ignores optimizer./state. entries).
+    net = load_model(run / "checkpoints" / "step_0000006.ckpt", load_config(cfg_path))
+    trained = {p.name: p.asnumpy() for p in result.net.get_parameters()}
+    for p in net.get_parameters():
+        np.testing.assert_array_equal(p.asnumpy(), trained[p.name])
+    assert result.losses[-1][1] < result.losses[0][1]
+
+
+def test_resume_matches_uninterrupted_run(full_run, tiny_data, tmp_path):
+    from train.loop import train
+
+    cfg_path, run, full = full_run
+    # A run "killed" after step 3: its folder as it was then (step 6 outputs removed).
+    cut = tmp_path / "run"
+    shutil.copytree(run, cut)
+    for name in ("step_0000006.ckpt", "step_0000006.yaml", "best.ckpt", "best.yaml"):
+        (cut / "checkpoints" / name).unlink()
+    result = train(None, tiny_data, cut, resume=True, given_config=False, log=lambda *_: None)
+    assert [s for s, _ in result.losses] == [4, 5, 6]
+    full_losses = dict(full.losses)
+    for s, loss in result.losses:
+        assert loss == pytest.approx(full_losses[s], rel=1e-5, abs=1e-6)
+    a = {p.name: p.asnumpy() for p in full.net.get_parameters()}
+    for p in result.net.get_parameters():
+        np.testing.assert_allclose(p.asnumpy(), a[p.name], rtol=1e-5, atol=1e-6)
+    records = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == [2, 4, 6]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_data, tmp_path):
+    cfg = write_tiny_config(tmp_path / "tiny.yaml")
+    code, out = run_cli("--config", cfg, "--data", tiny_data, "--out", tmp_path / "run", "--resume")
+    assert code == 2 and "no checkpoint to resume from" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_truncated_checkpoint_is_an_error(full_run, tiny_data, tmp_path):
+    _, run, _ = full_run
+    cut = tmp_path / "run"
+    shutil.copytree(run, cut)
+    last = cut / "checkpoints" / "step_0000006.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    before = _snapshot(cut)
+    code, out = run_cli("--data", tiny_data, "--out", cut, "--resume")
+    assert code == 2 and "step_0000006.ckpt" in out and "truncated or damaged" in out
+    assert _snapshot(cut) == before
+
+
+def test_new_run_refuses_a_run_folder_with_checkpoints(full_run, tiny_data, tmp_path):
+    cfg_path, run, _ = full_run
+    cut = tmp_path / "run"
+    shutil.copytree(run, cut)
+    before = _snapshot(cut)
+    code, out = run_cli("--config", cfg_path, "--data", tiny_data, "--out", cut)
+    assert code == 2 and "already has checkpoints" in out and "--resume" in out
+    assert _snapshot(cut) == before
+
+
+def test_resume_with_a_different_config_is_an_error(full_run, tiny_data, tmp_path):
+    cfg_path, run, _ = full_run
+    cut = tmp_path / "run"
+    shutil.copytree(run, cut)
+    code, out = run_cli("--config", cfg_path, "--data", tiny_data, "--out", cut, "--resume",
+                        "--set", "train.optimizer.lr=0.1")
+    assert code == 2 and "train.optimizer.lr" in out
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["train.bogus=1"], "unknown key 'train.bogus'"),
+    (["train.batch_size=two"], "train.batch_size: expected an integer"),
+    (["data.crop_size=512"], "data.crop_size (512) is larger than the scaled images allow"),
+    (["train.batch_size=9"], "train.batch_size=9"),
+])
+def test_bad_config_values_are_errors_naming_the_key(tiny_data, tmp_path, sets, expected):
+    cfg = write_tiny_config(tmp_path / "tiny.yaml")
+    args = ["--config", cfg, "--data", tiny_data, "--out", tmp_path / "run"]
+    for item in sets:
+        args += ["--set", item]
+    code, out = run_cli(*args)
+    assert code == 2 and expected in out, out
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_split_and_damaged_shards_are_errors(tiny_data, tmp_path):
+    cfg = write_tiny_config(tmp_path / "tiny.yaml")
+    only_val = tmp_path / "only_val"
+    shutil.copytree(tiny_data / "val", only_val / "val")
+    code, out = run_cli("--config", cfg, "--data", only_val, "--out", tmp_path / "run1")
+    assert code == 2 and "train" in out and str(only_val) in out
+    assert not (tmp_path / "run1").exists()
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_data, damaged)
+    shard = sorted((damaged / "train").glob("train.mindrecord*[0-9]"))[0]
+    shard.with_name(shard.name + ".db").unlink()
+    code, out = run_cli("--config", cfg, "--data", damaged, "--out", tmp_path / "run2")
+    assert code == 2 and shard.name in out
+    assert not (tmp_path / "run2").exists()
+
+
+def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path):
+    # lr 1e30 blows the weights up after the first update; the loss turns inf/nan.
+    cfg = write_tiny_config(tmp_path / "tiny.yaml", train={"optimizer": {"lr": 1e30, "momentum": 0.9},
+                                                            "clip_grad_norm": 0.0, "eval_every": 0,
+                                                            "nonfinite_patience": 2})
+    code, out = run_cli("--config", cfg, "--data", tiny_data, "--out", tmp_path / "run")
+    assert code == 2
+    assert "error: step " in out and "consecutive steps even after the loss scaler" in out, out
