@@ -125,7 +125,7 @@ class TrainConfig:
     nonfinite_patience: int = 5
     # Recompute each transformer block's activations in the backward pass instead of keeping
     # them: the N x N attention maps of 12 blocks dominate memory at crop 768 (see bench_train).
-    recompute: bool = True
+    recompute: bool = False
 
 
 @dataclass
