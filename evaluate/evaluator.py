@@ -17,9 +17,9 @@ import numpy as np
 from configs.schema import Config
 from evaluate.metrics import ConfusionMatrix, compute_metrics
 from evaluate.predictions import PredictionWriter
-from evaluate.sliding_window import resize_bilinear, sliding_window_probs
+from evaluate.sliding_window import sliding_window_probs
 from mindrecords.eval_pipeline import eval_dataset
-from mindrecords.reader import MindRecordError, split_shard_files
+from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
 from prep.labels import NUM_CLASSES
 from prep.progress import Progress
 
@@ -31,15 +31,36 @@ class EvalError(ValueError):
     """Evaluation cannot proceed; the message names the file or setting at fault."""
 
 
-def probs_to_prediction(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(n_cls, h, w) class probabilities -> (H, W) uint8 trainIds at `size` (bilinear, then argmax)."""
-    height, width = size
-    probs = resize_bilinear(probs, (height, width))
-    out = np.empty((height, width), dtype=np.uint8)
+def argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """(n_cls, H, W) scores -> (H, W) uint8 index of the first maximum (same as np.argmax)."""
+    out = np.empty(probs.shape[1:], dtype=np.uint8)
     # Row blocks keep the class-axis argmax in cache (about 1.5x faster than one call at 1024x2048).
-    for row in range(0, height, 32):
+    for row in range(0, out.shape[0], 32):
         out[row:row + 32] = np.argmax(probs[:, row:row + 32], axis=0)
     return out
+
+
+def _read_error(data_root, split: str, files: list, done: int, err: Exception) -> MindRecordError:
+    """Name the damaged shard: the pipeline reads ahead and its own message names no file, so
+    re-read the shards from the one holding image `done` on until one fails."""
+    from mindspore.mindrecord import FileReader
+
+    shard_of_row = read_manifest(data_root, split, columns=["shard"]).column("shard").to_pylist()
+    first = Path(shard_of_row[done]).name if done < len(shard_of_row) else Path(files[0]).name
+    names = [Path(f).name for f in files]
+    for path in files[names.index(first) if first in names else 0:]:
+        try:
+            reader = FileReader(path, num_consumer=1)
+            try:
+                for _ in reader.get_next():
+                    pass
+            finally:
+                reader.close()
+        except Exception:  # MindSpore raises RuntimeError variants for damaged files
+            return MindRecordError(f"{path}: damaged shard, unreadable after {done} evaluated images "
+                                   f"(rebuild the split with build-mindrecord)")
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return MindRecordError(f"{Path(files[0]).parent}: reading the {split} shards failed after {done} images: {detail}")
 
 
 def _no_metrics() -> dict:
@@ -55,7 +76,7 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     pixel_accuracy, images, seconds. A split without ground truth (test) yields None scores.
     `save_predictions` (a folder) receives labelIds and colour PNGs, complete or not at all.
     `timings`, if given, is filled with seconds spent waiting for input, in sliding-window
-    inference, in resize + argmax, in metric accumulation and in writing predictions.
+    inference, in argmax, in metric accumulation and in writing predictions.
     """
     if cfg.model.n_cls != NUM_CLASSES:
         source = checkpoint or "the model config"
@@ -87,15 +108,15 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
             except StopIteration:
                 break
             except RuntimeError as err:
-                shards = ", ".join(Path(f).name for f in files)
-                raise MindRecordError(f"{Path(files[0]).parent}: reading the {split} shards ({shards}) failed "
-                                      f"after {done} images: {str(err).strip().splitlines()[0]}") from None
+                raise _read_error(data_root, split, files, done, err) from None
             t1 = time.perf_counter()
             label = row["label"]
+            # Logits are resized straight to the label size (out_size), as the official evaluation does.
             probs = sliding_window_probs(net, row["image"], NUM_CLASSES, e.window_size, e.window_stride,
-                                         batch_windows=e.batch_windows, flip=e.flip, scales=tuple(e.scales))
+                                         batch_windows=e.batch_windows, flip=e.flip, scales=tuple(e.scales),
+                                         out_size=label.shape)
             t2 = time.perf_counter()
-            pred = probs_to_prediction(probs, label.shape)
+            pred = argmax_classes(probs)
             del probs
             t3 = time.perf_counter()
             if has_gt:

@@ -4,6 +4,10 @@ Per image the dataset yields `id`, `city`, `image` (float32 CHW, normalized, res
 short side is `cfg.eval.infer_size`; 0 keeps the stored size) and `label` (uint8 trainIds at the
 stored size, 255 ignore). With `with_raw=True` it also yields `raw`, the decoded uint8 RGB image
 at the stored size (for prediction overlays).
+
+The resize to the inference size is the one `predict` applies (bilinear on the normalized image,
+align_corners=False, `evaluate.predict.inference_size`), so `eval` and `predict` see identical
+inputs; it runs in the dataset's worker threads.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import mindspore.dataset.vision as vision
 import numpy as np
 
 from configs.schema import Config
+from evaluate.predict import inference_size
+from evaluate.sliding_window import resize_bilinear
 from mindrecords.reader import split_shard_files
 
 COLUMNS = ["id", "city", "image", "label"]
@@ -27,6 +33,15 @@ def _decode_label(data: np.ndarray) -> np.ndarray:
     return label
 
 
+class _InferenceResize:
+    def __init__(self, infer_size: int):
+        self.infer_size = infer_size
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        size = inference_size(image.shape[1], image.shape[2], self.infer_size)
+        return np.ascontiguousarray(resize_bilinear(image, size), dtype=np.float32)
+
+
 def eval_dataset(cfg: Config, data_root, split: str, with_raw: bool = False) -> ds.Dataset:
     """The split's images in shard order (deterministic, no shuffling, one pass)."""
     files = split_shard_files(data_root, split)
@@ -35,9 +50,10 @@ def eval_dataset(cfg: Config, data_root, split: str, with_raw: bool = False) -> 
     data = data.map([vision.Decode()], input_columns=["image"], num_parallel_workers=workers)
     if with_raw:
         data = data.map([transforms.Duplicate()], input_columns=["image"], output_columns=["image", "raw"])
-    ops = [vision.Resize(cfg.eval.infer_size, vision.Inter.BILINEAR)] if cfg.eval.infer_size > 0 else []
-    # Resizing uint8 before normalizing matches the reference pipeline (resize, then normalize).
-    ops += [vision.Normalize(cfg.model.mean, cfg.model.std), vision.HWC2CHW()]
-    data = data.map(ops, input_columns=["image"], num_parallel_workers=workers)
+    data = data.map([vision.Normalize(cfg.model.mean, cfg.model.std), vision.HWC2CHW()],
+                    input_columns=["image"], num_parallel_workers=workers)
+    if cfg.eval.infer_size > 0:
+        data = data.map([_InferenceResize(cfg.eval.infer_size)], input_columns=["image"],
+                        num_parallel_workers=workers)
     data = data.map([_decode_label], input_columns=["label"], num_parallel_workers=workers)
     return data
