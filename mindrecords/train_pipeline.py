@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import mindspore as ms
 import mindspore.dataset as ds
 import mindspore.dataset.transforms as transforms
@@ -90,6 +91,9 @@ def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0,
             f"({per_rank} per rank)")
     seed = pipeline_seed(cfg, epoch_seed)
     ds.config.set_seed(seed)
+    # The dataset already runs one sample per worker thread; OpenCV's own thread pool on top
+    # only adds synchronisation (measured: ~10% more CPU per sample on 2 busy cores).
+    cv2.setNumThreads(1)
     # MindSpore rejects more workers than cores.
     workers = max(1, min(cfg.data.num_parallel_workers, os.cpu_count() or 1))
     crop = cfg.data.crop_size
@@ -162,8 +166,6 @@ def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> l
     """
     import copy
     from pathlib import Path
-
-    import cv2
 
     cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = 1
