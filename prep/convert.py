@@ -20,12 +20,15 @@ LUT = label_to_train_lut()
 _INVALID_IDS = np.array([i not in VALID_LABEL_IDS for i in range(256)])
 PNG_END = b"IEND\xaeB`\x82"
 JPEG_QUALITY = 95
-# Labels compress well at any level; 1 is several times faster to encode than the default 3.
-LABEL_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+# Label maps are long runs of one value: run-length deflate at level 1 is the fastest encoding
+# measured here and also the smallest (about half the size of the default).
+LABEL_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+_EXACT_HIST = 1 << 24  # cv2.calcHist counts in float32: exact up to 2**24 pixels
 
 
 def fingerprint(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    # Change detection, not security: SHA-1 is hardware-accelerated here (about 2x blake2b).
+    return hashlib.sha1(data).hexdigest()
 
 
 def _read(path: Path) -> bytes:
@@ -45,26 +48,28 @@ def _decode_png(data: bytes, path: Path, flags: int) -> np.ndarray:
     return array
 
 
-def label_ids_to_train(label_ids: np.ndarray, path) -> tuple[np.ndarray, np.ndarray]:
-    """(trainIds uint8, labelId histogram); raises if an id is outside the official table."""
-    hist = np.bincount(label_ids.ravel(), minlength=256)
+def label_ids_to_train(label_ids: np.ndarray, path) -> tuple[np.ndarray, list[int]]:
+    """(trainIds uint8, pixels of each of the 19 classes then ignore); raises if an id is
+    outside the official table. One histogram serves both the check and the counts."""
+    if label_ids.size < _EXACT_HIST:
+        hist = cv2.calcHist([label_ids], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    else:
+        hist = np.bincount(label_ids.ravel(), minlength=256)
     bad = np.flatnonzero((hist > 0) & _INVALID_IDS)
     if bad.size:
         raise PrepError(f"{path}: label ids {bad.tolist()} are not in the official Cityscapes table")
-    return LUT[label_ids], hist
-
-
-def pixel_counts(train_ids: np.ndarray) -> list[int]:
-    """Pixels of each of the 19 classes, then ignore."""
-    hist = np.bincount(train_ids.ravel(), minlength=256)
-    return [int(c) for c in hist[:NUM_CLASSES]] + [int(hist[IGNORE])]
+    train_hist = np.bincount(LUT, weights=hist, minlength=256).astype(np.int64)
+    counts = [int(c) for c in train_hist[:NUM_CLASSES]] + [int(train_hist[IGNORE])]
+    return cv2.LUT(label_ids, LUT), counts
 
 
 def convert(root: Path, sample, image_format: str) -> tuple[dict, dict]:
     """(MindRecord row, manifest facts) for one `prep.discover.Sample`."""
     image_path, label_path = root / sample.image, root / sample.label
     image_bytes = _read(image_path)
-    image = _decode_png(image_bytes, image_path, cv2.IMREAD_COLOR)
+    image = _decode_png(image_bytes, image_path, cv2.IMREAD_UNCHANGED)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise PrepError(f"{image_path}: expected an 8-bit RGB PNG, got {image.dtype} with shape {image.shape}")
     height, width = image.shape[:2]
     label_bytes = _read(label_path)
     if sample.label_is_polygons:
@@ -80,7 +85,7 @@ def convert(root: Path, sample, image_format: str) -> tuple[dict, dict]:
         if label_ids.shape != (height, width):
             raise PrepError(f"{label_path}: size {label_ids.shape[0]}x{label_ids.shape[1]} differs from its "
                             f"image {image_path} ({height}x{width})")
-    train_ids, _ = label_ids_to_train(label_ids, label_path)
+    train_ids, counts = label_ids_to_train(label_ids, label_path)
     ok, label_png = cv2.imencode(".png", train_ids, LABEL_PNG_PARAMS)
     if image_format == "jpeg":
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -90,5 +95,5 @@ def convert(root: Path, sample, image_format: str) -> tuple[dict, dict]:
     record = {"id": sample.id, "city": sample.city, "image": stored, "label": label_png.tobytes(),
               "height": int(height), "width": int(width)}
     facts = {"image_fingerprint": fingerprint(image_bytes), "label_fingerprint": fingerprint(label_bytes),
-             "pixels": pixel_counts(train_ids), "height": int(height), "width": int(width)}
+             "pixels": counts, "height": int(height), "width": int(width)}
     return record, facts
