@@ -42,7 +42,8 @@ class SplitResult:
     samples: int
     shards: int
     written: int        # shards (re)built in this run
-    bytes: int
+    bytes: int          # apparent size of shards + indexes
+    disk_bytes: int     # allocated: MindRecord pads its last page sparsely
     summary: dict = field(repr=False, default_factory=dict)
 
 
@@ -210,6 +211,7 @@ def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int 
     """Build (or bring up to date) OUT/{split}/ for each split; see the module doc."""
     from joblib import Parallel, delayed
 
+    start = time.perf_counter()
     if shard_size < 1:
         raise PrepError(f"--shard-size must be >= 1, got {shard_size}")
     if image_format not in ("png", "jpeg"):
@@ -239,9 +241,8 @@ def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int 
                 tasks.append((split, name, members))
 
     to_build = sum(len(m) for _, _, m in tasks)
-    progress = Progress(to_build, "build-mindrecord", "img")
-    start = time.perf_counter()
     if tasks:
+        progress = Progress(to_build, "build-mindrecord", "img")
         jobs = (delayed(_build_task)(root, out / split / STAGING_DIR, split, name, members, options)
                 for split, name, members in tasks)
         try:
@@ -262,17 +263,23 @@ def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int 
         old = _load_json(split_dir / SUMMARY) or {}
         if staged or stray or old.get("build_key") != summary["build_key"] or not (split_dir / MANIFEST).is_file():
             _commit(split_dir, staged, stray, states, summary)
-        else:
-            for state in states:  # refresh source mtimes that were confirmed by content
+        for state in states:  # kept shards: remember source mtimes that were confirmed by content
+            if ready[(split, state["name"])][0] == "committed":
                 _atomic_json(split_dir / STATE_DIR / f"{state['name']}.json", state)
-        results.append(SplitResult(split, summary["samples"], len(names), len(staged), summary["bytes"], summary))
+        disk = sum(p.stat().st_blocks * 512 for n in names for p in shard_files(split_dir, n))
+        results.append(SplitResult(split, summary["samples"], len(names), len(staged), summary["bytes"], disk,
+                                   summary))
     for r in results:
         echo(format_summary(r.summary))
     seconds = time.perf_counter() - start
     n = sum(r.samples for r in results)
-    echo(f"done: {n} samples, {sum(r.shards for r in results)} shards ({sum(r.written for r in results)} written"
-         f", {to_build} images converted), {sum(r.bytes for r in results) / 1e6:.1f} MB, {seconds:.1f}s, "
-         f"{to_build / max(seconds, 1e-9):.1f} images/s")
+    if tasks:
+        rate = f"{to_build} images converted, {to_build / max(seconds, 1e-9):.1f} images/s"
+    else:
+        rate = "up to date: every source and shard verified unchanged"
+    echo(f"done: {n} samples, {sum(r.shards for r in results)} shards ({sum(r.written for r in results)} written), "
+         f"{sum(r.bytes for r in results) / 1e6:.1f} MB ({sum(r.disk_bytes for r in results) / 1e6:.1f} MB on disk), "
+         f"{seconds:.1f}s; {rate}")
     return results
 
 

@@ -9,6 +9,7 @@ object, so a small model can learn the classes from appearance.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -239,14 +240,23 @@ def write_frame(root: Path, split: str, city: str, sid: str, h: int, w: int, rng
     instance_ids = draw(h, w, polygons, where, instances=True)
     img_dir = root / "leftImg8bit" / split / city
     gt_dir = root / "gtFine" / split / city
-    img_dir.mkdir(parents=True, exist_ok=True)
-    gt_dir.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(img_dir / f"{sid}_leftImg8bit.png"), image[..., ::-1])
-    doc = {"imgHeight": h, "imgWidth": w, "objects": objects}
-    (gt_dir / f"{sid}_gtFine_polygons.json").write_text(json.dumps(doc, indent=1))
-    cv2.imwrite(str(gt_dir / f"{sid}_gtFine_labelIds.png"), label_ids)
-    cv2.imwrite(str(gt_dir / f"{sid}_gtFine_instanceIds.png"), instance_ids.astype(np.uint16))
-    cv2.imwrite(str(gt_dir / f"{sid}_gtFine_color.png"), cv2.cvtColor(_COLORS[label_ids], cv2.COLOR_RGBA2BGRA))
+    files = {
+        img_dir / f"{sid}_leftImg8bit.png": _png(image[..., ::-1]),
+        gt_dir / f"{sid}_gtFine_polygons.json": json.dumps({"imgHeight": h, "imgWidth": w, "objects": objects},
+                                                           indent=1).encode(),
+        gt_dir / f"{sid}_gtFine_labelIds.png": _png(label_ids),
+        gt_dir / f"{sid}_gtFine_instanceIds.png": _png(instance_ids.astype(np.uint16)),
+        gt_dir / f"{sid}_gtFine_color.png": _png(cv2.cvtColor(_COLORS[label_ids], cv2.COLOR_RGBA2BGRA)),
+    }
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+
+def _png(array: np.ndarray) -> bytes:
+    return cv2.imencode(".png", array)[1].tobytes()
 
 
 def frames(split: str, n: int) -> list[tuple[str, str]]:

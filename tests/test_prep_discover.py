@@ -120,6 +120,9 @@ def _damage(root, case):
     if case == "rgb_label":
         cv2.imwrite(str(label), np.zeros((32, 64, 3), np.uint8))
         return label, "expected a single-channel 8-bit labelIds PNG"
+    if case == "gray_image":
+        cv2.imwrite(str(image), np.zeros((32, 64), np.uint8))
+        return image, "expected an 8-bit RGB PNG"
     if case == "polygons_wrong_size":
         label.unlink()
         js = _gt(root, suffix="polygons.json")
@@ -129,7 +132,7 @@ def _damage(root, case):
 
 
 @pytest.mark.parametrize("case", ["truncated_png", "garbage_png", "size_mismatch", "ids_outside_table",
-                                  "rgb_label", "polygons_wrong_size"])
+                                  "rgb_label", "gray_image", "polygons_wrong_size"])
 def test_bad_sample_fails_naming_the_file_and_keeps_earlier_output(root, tmp_path, case):
     out = tmp_path / "out"
     runner = CliRunner()

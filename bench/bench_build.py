@@ -1,0 +1,153 @@
+"""Build throughput on full-size (1024x2048) frames, side by side with two baselines.
+
+    .venv/bin/python bench/bench_build.py [--images 32,64] [--workers 2] [--shard-size 8] [--data DIR]
+
+For each set size, three fresh processes run on the same files (page cache warmed first):
+  floor   read every source file and decode each image and label once with cv2, on the same
+          number of joblib workers: the physical minimum of any exact, validating build;
+  build   `prep.build.build` (what `build-mindrecord` runs);
+  single  the usual approach: one process converts sample by sample into one MindRecord file.
+Each reports wall seconds (process pool start and imports included) and peak RSS of its
+largest process; the build's peak is over its workers. Peak memory must not grow with the set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _peak_mb() -> tuple[float, float]:
+    """(this process, largest reaped child) peak RSS in MB."""
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def _floor_task(root: str, pairs) -> int:
+    import cv2
+    import numpy as np
+
+    for image, label in pairs:
+        for rel in (image, label):
+            data = np.frombuffer((Path(root) / rel).read_bytes(), np.uint8)
+            if cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is None:
+                raise RuntimeError(rel)
+    return len(pairs)
+
+
+def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) -> dict:
+    from prep.discover import discover_split
+
+    samples = discover_split(root, "train")
+    start = time.perf_counter()
+    if mode == "floor":
+        from joblib import Parallel, delayed
+
+        chunks = [[(s.image, s.label) for s in samples[i:i + shard_size]] for i in range(0, len(samples), shard_size)]
+        Parallel(n_jobs=workers)(delayed(_floor_task)(str(root), c) for c in chunks)
+    elif mode == "build":
+        from prep.build import build
+
+        build(root, out, ["train"], workers=workers, shard_size=shard_size, echo=lambda *_: None)
+    elif mode == "single":
+        from mindspore.mindrecord import FileWriter
+
+        from mindrecords.schema import INDEX_FIELDS, SCHEMA, SCHEMA_DESC
+        from prep.convert import convert
+
+        out.mkdir(parents=True)
+        writer = FileWriter(str(out / "train.mindrecord"), shard_num=1, overwrite=True)
+        writer.add_schema(SCHEMA, SCHEMA_DESC)
+        writer.add_index(INDEX_FIELDS)
+        for sample in samples:
+            writer.write_raw_data([convert(root, sample, "png")[0]])
+        writer.commit()
+    seconds = time.perf_counter() - start
+    if mode != "single":
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)  # reap the workers so their peak RSS is counted
+    main_mb, child_mb = _peak_mb()
+    return {"mode": mode, "images": len(samples), "seconds": seconds, "main_mb": main_mb, "worker_mb": child_mb}
+
+
+def _subset(full: Path, dest: Path, n: int) -> Path:
+    """The first n frames of `full`, hard-linked (no copy, same page cache)."""
+    if dest.exists():
+        return dest
+    from prep.discover import discover_split
+
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for s in discover_split(full, "train")[:n]:
+        stem = s.image[: -len("_leftImg8bit.png")].replace("leftImg8bit/", "gtFine/", 1)
+        for src in [full / s.image, *full.glob(stem + "_gtFine_*")]:
+            target = tmp / src.relative_to(full)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, target)
+    os.replace(tmp, dest)
+    return dest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", default="32,64", help="comma-separated set sizes")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shard-size", type=int, default=8)
+    ap.add_argument("--data", default=str(REPO / "bench_out" / "build"), help="where frames and outputs go")
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.mode:  # one measurement, in its own fresh process
+        print(json.dumps(run_mode(args.mode, Path(args.root), Path(args.out), args.workers, args.shard_size)))
+        return
+
+    from prep.sample import make_sample
+
+    sizes = sorted(int(n) for n in args.images.split(","))
+    data = Path(args.data)
+    full = data / f"frames{sizes[-1]}"
+    if not full.exists():
+        print(f"generating {sizes[-1]} frames of 1024x2048 in {full} ...", flush=True)
+        make_sample(full.with_name(full.name + ".tmp"), n_train=sizes[-1], n_val=0, height=1024, width=2048, seed=0)
+        os.replace(full.with_name(full.name + ".tmp"), full)
+    rows = []
+    for n in sizes:
+        root = _subset(full, data / f"set{n}", n)
+        source_mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
+        for p in root.rglob("*.png"):
+            p.read_bytes()  # warm the page cache: every mode reads from memory
+        result = {}
+        for mode in ("floor", "build", "single"):
+            out = data / f"out_{mode}{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--root", str(root), "--out", str(out),
+                                   "--workers", str(args.workers), "--shard-size", str(args.shard_size)],
+                                  check=True, capture_output=True, text=True)
+            result[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+            shutil.rmtree(out, ignore_errors=True)
+        rows.append((n, source_mb, result))
+    print(f"\nbuild-mindrecord bench: 1024x2048 frames, {args.workers} workers, shard size {args.shard_size}, "
+          f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
+    print("| images | floor img/s | build img/s | single-process img/s | build / floor | build / single "
+          "| peak RSS build worker / main (MB) | peak RSS single (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, _, r in rows:
+        rate = {m: r[m]["images"] / r[m]["seconds"] for m in r}
+        print(f"| {n} | {rate['floor']:.2f} | {rate['build']:.2f} | {rate['single']:.2f} | "
+              f"{rate['build'] / rate['floor']:.0%} | {rate['build'] / rate['single']:.2f}x | "
+              f"{r['build']['worker_mb']:.0f} / {r['build']['main_mb']:.0f} | {r['single']['main_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
