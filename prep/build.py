@@ -16,10 +16,12 @@ or committed shards with matching state; the rerun finishes the same output.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,8 +211,6 @@ def _stray_shards(split_dir: Path, split: str, names: set) -> set:
 def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int = 64,
           image_format: str = "png", labels: str = "fine", force: bool = False, echo=print) -> list[SplitResult]:
     """Build (or bring up to date) OUT/{split}/ for each split; see the module doc."""
-    from joblib import Parallel, delayed
-
     start = time.perf_counter()
     if shard_size < 1:
         raise PrepError(f"--shard-size must be >= 1, got {shard_size}")
@@ -219,6 +219,26 @@ def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int 
     root, out = Path(root), Path(out)
     workers = workers or os.cpu_count() or 1
     found = discover(root, splits, labels)  # every split's names are checked before any write
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        return _build(root, out, found, workers, shard_size, image_format, labels, force, echo, start)
+
+
+@contextmanager
+def _exclusive(out: Path):
+    """One build per OUT at a time; the OS drops the lock if the process dies."""
+    with open(out / ".build.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PrepError(f"{out}: another build-mindrecord is writing here") from None
+        yield
+
+
+def _build(root: Path, out: Path, found: dict, workers: int, shard_size: int, image_format: str, labels: str,
+           force: bool, echo, start: float) -> list[SplitResult]:
+    from joblib import Parallel, delayed
+
     options = {"format_version": FORMAT_VERSION, "image_format": image_format, "labels": labels,
                "shard_size": shard_size}
 

@@ -148,3 +148,24 @@ def test_bad_sample_fails_naming_the_file_and_keeps_earlier_output(root, tmp_pat
         assert f"error: {path}: " in result.output
         assert re.search(message, result.output), result.output
         assert _out_digest(out) == before
+
+
+def test_coarse_labels_come_from_gtcoarse(root):
+    (root / "gtFine").rename(root / "gtCoarse")
+    for p in list(root.glob("gtCoarse/*/*/*")):
+        p.rename(p.with_name(p.name.replace("_gtFine_", "_gtCoarse_")))
+    s = discover(root, ["train"], labels="coarse")["train"][0]
+    assert s.label == f"gtCoarse/train/aachen/{ID}_gtCoarse_labelIds.png"
+    with pytest.raises(PrepError, match=r"gtFine/train: missing folder"):
+        discover(root, ["train"], labels="fine")
+
+
+def test_one_build_per_output_at_a_time(root, tmp_path):
+    from prep.build import _exclusive, build
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with _exclusive(out):
+        with pytest.raises(PrepError, match=r"out: another build-mindrecord is writing here"):
+            build(root, out, ["train"], workers=1, echo=lambda *_: None)
+    assert not (out / "train").exists()
