@@ -31,6 +31,9 @@ def run(*args):
 
 
 def tiny_checkpoint(folder: Path, extra=()):
+    """A randomly initialised tiny model saved the way `train` saves (with optimizer./state. entries)."""
+    import mindspore as ms
+
     from model.checkpoint import save_model
     from model.runtime import setup_context
     from model.segmenter import build_segmenter
@@ -38,7 +41,9 @@ def tiny_checkpoint(folder: Path, extra=()):
     cfg = apply_overrides(Config(), TINY + list(extra), "test")
     setup_context("CPU", "pynative", 0)
     ckpt = folder / "tiny.ckpt"
-    save_model(build_segmenter(cfg.model), ckpt, cfg)
+    net = build_segmenter(cfg.model)
+    moment = ms.Parameter(ms.Tensor(np.zeros((1, 1, 32), np.float32)), name="optimizer.moments.encoder.cls_token")
+    save_model(net, ckpt, cfg, extra={"state.step": ms.Tensor(np.array(3, np.int64)), moment.name: moment})
     return ckpt
 
 
@@ -125,6 +130,20 @@ def test_eval_and_predict_give_identical_maps(built, tmp_path):
     from_predict = cv2.imread(str(pred_out / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED)
     from_eval = label_to_train_lut()[cv2.imread(str(saved), cv2.IMREAD_UNCHANGED)]
     np.testing.assert_array_equal(from_eval, from_predict)
+
+
+def test_checkpoint_from_convert_weights(built, tmp_path):
+    """An official-layout release (the golden fixture: 19 classes) imported by convert-weights."""
+    release = Path(__file__).parent / "fixtures" / "golden" / "seg_golden_mask"
+    ckpt = tmp_path / "release.ckpt"
+    r = run("convert-weights", release, "--out", ckpt)
+    assert r.exit_code == 0, r.output + r.stderr
+    out_json = tmp_path / "m.json"
+    r = run("eval", "--checkpoint", ckpt, "--data", built["out"], "--max-images", 1, "--infer-size", 0,
+            "--window", 64, "--stride", 48, "--json", out_json)
+    assert r.exit_code == 0, r.output + r.stderr
+    metrics = json.loads(out_json.read_text())
+    assert metrics["images"] == 1 and 0.0 <= metrics["mIoU"] <= 1.0
 
 
 def test_test_split_exports_without_metrics(built, tmp_path):
