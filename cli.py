@@ -163,7 +163,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     except (ConfigError, MindRecordError) as err:
         raise UserError(str(err)) from None
 
-    from model.checkpoint import load_model
+    from model.checkpoint import CheckpointError, load_model
     from model.runtime import setup_context
 
     setup_context(cfg.device_target, cfg.mode, cfg.seed)
@@ -171,9 +171,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
         net = load_model(checkpoint, cfg)
         result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
                                 checkpoint=str(checkpoint))
-    except (EvalError, MindRecordError, PredictionError) as err:
-        raise UserError(str(err)) from None
-    except ValueError as err:  # load_model's checkpoint errors name the file
+    except (CheckpointError, EvalError, MindRecordError, PredictionError) as err:
         raise UserError(str(err)) from None
 
     e = cfg.eval
@@ -187,7 +185,10 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     if save_predictions:
         click.echo(f"predictions: {save_predictions}/labelIds (submission labelIds), {save_predictions}/color")
     if json_path:
-        write_metrics_json(result, json_path)
+        try:
+            write_metrics_json(result, json_path)
+        except OSError as err:
+            raise UserError(f"{json_path}: cannot write the metrics ({err.strerror or err})") from None
         click.echo(f"metrics: {json_path}")
 
 
