@@ -10,9 +10,9 @@ Per sample, in this order (REFERENCE.md section 3; mmseg's Cityscapes train pipe
    computed as "crop the window, then resample only the window"; then mmseg's photometric
    distortion on the image (it is per-pixel, so doing it before the flip changes nothing);
 3. horizontal flip with `data.flip_prob` (C pair op over image and label: one draw for both);
-4. HWC2CHW, normalize with `model.mean`/`model.std`, pad right/bottom to the crop (C ops):
-   image 0 in normalized space (mmseg pads after Normalize), label `data.ignore_index`
-   (never a class); label int32;
+4. one native op (`augment.NormalizePad`): normalize with `model.mean`/`model.std`, pad
+   right/bottom to the crop (image 0 in normalized space, as mmseg pads after Normalize;
+   label `data.ignore_index`, never a class), CHW, label int32;
 5. batches of `train.batch_size` (an incomplete last batch is dropped).
 
 Determinism: the same config, epoch_seed and rank give the same batches from a freshly built
@@ -28,14 +28,12 @@ from __future__ import annotations
 import os
 
 import cv2
-import mindspore as ms
 import mindspore.dataset as ds
-import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 import numpy as np
 
 from configs.schema import Config, ConfigError
-from mindrecords.augment import Photometric, ScaleCropPhotometric
+from mindrecords.augment import NormalizePad, Photometric, ScaleCropPhotometric
 
 
 class _SampleSeeds:
@@ -108,12 +106,8 @@ def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0,
                     output_columns=["image", "label"], num_parallel_workers=workers)
     data = data.map(vision.RandomHorizontalFlip(cfg.data.flip_prob), input_columns=["image", "label"],
                     num_parallel_workers=workers)
-    # Transposing uint8 before normalizing and padding with PadEnd in CHW is 3x cheaper than
-    # Normalize -> PadToSize -> HWC2CHW on float32, with the same result.
-    data = data.map([vision.HWC2CHW(), vision.Normalize(cfg.model.mean, cfg.model.std, is_hwc=False),
-                     transforms.PadEnd([3, crop, crop], 0.0)], input_columns=["image"], num_parallel_workers=workers)
-    data = data.map([transforms.PadEnd([crop, crop], cfg.data.ignore_index), transforms.TypeCast(ms.int32)],
-                    input_columns=["label"], num_parallel_workers=workers)
+    data = data.map(NormalizePad(crop, cfg.model.mean, cfg.model.std, cfg.data.ignore_index),
+                    input_columns=["image", "label"], num_parallel_workers=workers)
     data = data.project(["image", "label"])
     return data.batch(batch, drop_remainder=True)
 

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mindrecords.augment import (Photometric, ScaleCropPhotometric, crop_passes, decode_label, nearest_index,
-                                 rescale_size, resize_window)
+from mindrecords.augment import (AxisGrid, NormalizePad, Photometric, ScaleCropPhotometric, axis_grid, crop_passes,
+                                 decode_label, rescale_size, resize_crop)
 
 
 def _png(array: np.ndarray) -> np.ndarray:
@@ -30,27 +30,44 @@ def test_rescale_size_follows_mmcv_imrescale():
     assert (h, w) == (1024, 1024)
 
 
-def test_resize_window_equals_full_resize_then_crop():
+def _bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Reference bilinear sampling (pixel centres at integers, clamped border) in float64."""
+    h, w = image.shape[:2]
+    ys, xs = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    f = image.astype(np.float64)
+    return (f[y0][:, x0] * (1 - fy) * (1 - fx) + f[y0][:, x1] * (1 - fy) * fx
+            + f[y1][:, x0] * fy * (1 - fx) + f[y1][:, x1] * fy * fx)
+
+
+def _points(grid: AxisGrid) -> np.ndarray:
+    step = (grid.hi - grid.lo) / grid.out_len
+    return grid.lo + (grid.first + np.arange(len(grid.index)) + 0.5) * step - 0.5
+
+
+def test_crop_is_sampled_where_the_grid_says_and_near_the_drawn_window():
     image = _smooth_image(96, 160)
-    for scaled, top, left, out in [((48, 80), 5, 7, (32, 40)), ((192, 320), 60, 100, (64, 64)),
-                                   ((131, 219), 0, 0, (131, 219)), ((131, 219), 99, 155, (32, 64))]:
-        full = cv2.resize(image, (scaled[1], scaled[0]), interpolation=cv2.INTER_LINEAR)
-        want = full[top:top + out[0], left:left + out[1]].astype(int)
-        got = resize_window(image, scaled, top, left, out).astype(int)
-        assert got.shape == want.shape
-        # warpAffine and resize round sub-pixel positions differently: at most a grey level or two.
-        assert np.abs(got - want).max() <= 2
-        assert np.abs(got - want).mean() < 0.5
-
-
-def test_nearest_index_stays_in_range_and_is_monotonic():
-    for dst, src in [(10, 3), (3, 10), (2048, 1024), (511, 1024)]:
-        idx = nearest_index(dst, src)
-        assert idx.min() >= 0 and idx.max() <= src - 1 and np.all(np.diff(idx) >= 0)
-        if dst >= src:  # upscaling reaches every source pixel
-            assert set(idx.tolist()) == set(range(src))
-    # Upscaling by 2 repeats each source pixel exactly twice.
-    assert nearest_index(8, 4).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        # Half the trials near scale 1, where rounding makes window and output the same size.
+        sh = int(rng.integers(20, 300)) if trial % 2 else int(rng.integers(94, 99))
+        sw = int(rng.integers(20, 400)) if trial % 2 else int(rng.integers(158, 163))
+        ch, cw = min(int(rng.integers(4, 80)), sh), min(int(rng.integers(4, 80)), sw)
+        top, left = int(rng.integers(0, sh - ch + 1)), int(rng.integers(0, sw - cw + 1))
+        rows, cols = axis_grid(top, ch, 96, sh), axis_grid(left, cw, 160, sw)
+        crop = resize_crop(image, rows, cols)
+        assert crop.shape == (ch, cw, 3)
+        ys, xs = _points(rows), _points(cols)
+        # OpenCV's fixed-point bilinear is within one grey level of the exact value.
+        assert np.abs(crop - _bilinear(image, ys, xs)).max() < 1.0
+        # The label index is the source pixel nearest to each sampling point.
+        assert np.abs(rows.index - np.clip(ys, 0, 95)).max() <= 0.5 + 1e-9
+        assert np.abs(cols.index - np.clip(xs, 0, 159)).max() <= 0.5 + 1e-9
+        # The crop lies within about half a scaled pixel of the drawn offset.
+        assert abs((ys[0] + 0.5) * sh / 96 - 0.5 - top) < 0.6
+        assert abs((xs[0] + 0.5) * sw / 160 - 0.5 - left) < 0.6
 
 
 def _op(crop=32, base=(64, 32), ratio=(1.0, 1.0), cat_max_ratio=1.0, tries=10, photometric=None):
@@ -217,3 +234,18 @@ def test_image_and_label_size_mismatch_is_an_error():
     image, label = _coded_pair(64, 128)
     with pytest.raises(ValueError, match="differ in size"):
         _op()(image, _png(label[:32]), 0)
+
+
+def test_normalize_pad_matches_the_formula_and_pads_with_0_and_ignore():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    label = rng.integers(0, 19, (5, 7), dtype=np.uint8)
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    out, padded = NormalizePad(9, mean, std, 255)(image, label)
+    assert out.shape == (3, 9, 9) and out.dtype == np.float32
+    assert padded.shape == (9, 9) and padded.dtype == np.int32
+    want = (image.astype(np.float64) - mean) / std
+    assert np.allclose(out[:, :5, :7], want.transpose(2, 0, 1), atol=1e-5)
+    assert (out[:, 5:] == 0).all() and (out[:, :, 7:] == 0).all()
+    assert np.array_equal(padded[:5, :7], label)
+    assert (padded[5:] == 255).all() and (padded[:, 7:] == 255).all()
