@@ -1,12 +1,17 @@
-"""Native-code training augmentations MindSpore has no faithful C op for.
+"""Native-code training augmentations (OpenCV/NumPy calls that release the GIL).
 
 `ScaleCropPhotometric` is one Python map op that does, per sample, what mmseg's
 Resize(ratio_range) + RandomCrop(cat_max_ratio) + PhotoMetricDistortion do, but cheaper:
-it picks the crop window in the coordinates of the scaled image, then resamples only
-that window from the original (the full scaled image is never built). All pixel work is
-OpenCV or NumPy calls that release the GIL, so several dataset worker threads run in
-parallel. Every random draw comes from a per-sample seed, so results do not depend on
-which worker thread handles a sample.
+it picks the crop window in the coordinates of the scaled image, then resamples only the
+source pixels under that window (the full scaled image, up to 4x the source, is never
+built). MindSpore has no C op that scales image and label by one random factor with
+different interpolations, nor mmseg's cat_max_ratio crop or photometric distortion.
+Every random draw comes from a per-sample seed, so results do not depend on which worker
+thread handles a sample.
+
+`NormalizePad` finishes a sample after the flip: normalize, pad, CHW, int32 label in one
+pass (MindSpore's HWC2CHW + Normalize + PadEnd + TypeCast chain costs about twice as much,
+and this pipeline's budget is set by image decoding).
 """
 from __future__ import annotations
 
