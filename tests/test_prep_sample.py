@@ -137,3 +137,20 @@ def test_unknown_label_and_bad_json_are_errors(tmp_path):
         draw(4, 4, [("spaceship", [(0, 0), (3, 0), (3, 3)], 0)], path)
     with pytest.raises(PrepError, match=r"p\.json: not a Cityscapes polygons file"):
         parse_polygons(b'{"imgWidth": 4}', path)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 517), (64, 128)])
+def test_label_png_round_trips_in_every_decoder(shape):
+    import io
+
+    from PIL import Image
+
+    from prep.convert import encode_label_png
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(rng.integers(0, 256, (shape[0], 1 + shape[1] // 7), dtype=np.uint8), 7, axis=1)[:, :shape[1]]
+    data = encode_label_png(np.ascontiguousarray(labels))
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), labels)
+    pil = Image.open(io.BytesIO(data))
+    assert pil.mode == "L"
+    np.testing.assert_array_equal(np.asarray(pil), labels)
