@@ -249,6 +249,8 @@ def inspect_pipeline_cmd(config, data, n, out, overrides):
         progress.close()
     except (ConfigError, MindRecordError) as err:
         raise UserError(str(err)) from None
+    except OSError as err:  # --out not writable
+        raise UserError(f"{err.filename or out}: {err.strerror or err}") from None
     seconds = time.perf_counter() - start
     short = f" (the {cfg.data.train_split} split has only {len(written)} per pass)" if len(written) < n else ""
     click.echo(f"saved {len(written)} samples{short} to {out} in {seconds:.1f}s "

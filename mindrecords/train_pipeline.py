@@ -34,6 +34,7 @@ import numpy as np
 
 from configs.schema import Config, ConfigError
 from mindrecords.augment import NormalizePad, Photometric, ScaleCropPhotometric
+from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
 
 
 class _SampleSeeds:
@@ -77,16 +78,20 @@ def scale_crop_op(cfg: Config) -> ScaleCropPhotometric:
 
 def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0, group_size: int = 1,
                         epoch_seed: int | None = None) -> ds.Dataset:
-    """The batched pipeline over `files` holding `n_samples` records (see the module docstring)."""
+    """The batched pipeline over `files` holding `n_samples` records (see the module docstring).
+
+    Raises `MindRecordError` (naming the shards' folder) if the records cannot give each of
+    `group_size` ranks one batch, `ConfigError` for unusable data settings.
+    """
     check_data_config(cfg)
     if not 0 <= rank < group_size:
         raise ValueError(f"rank {rank} is outside 0..{group_size - 1}")
     per_rank = n_samples // group_size
     batch = cfg.train.batch_size
     if per_rank < batch:
-        raise ValueError(
-            f"{n_samples} samples cannot give each of {group_size} rank(s) one batch of train.batch_size={batch} "
-            f"({per_rank} per rank)")
+        raise MindRecordError(
+            f"{os.path.dirname(files[0])}: {n_samples} samples cannot give each of {group_size} rank(s) one batch "
+            f"of train.batch_size={batch} ({per_rank} per rank)")
     seed = pipeline_seed(cfg, epoch_seed)
     ds.config.set_seed(seed)
     # The dataset already runs one sample per worker thread; OpenCV's own thread pool on top
@@ -120,17 +125,10 @@ def train_dataset(cfg: Config, data_root, rank: int = 0, group_size: int = 1,
     disjoint share. Raises `MindRecordError` (naming the split dir) if the split is missing or
     damaged or too small for one batch per rank, `ConfigError` for unusable data settings.
     """
-    from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
-
     split = cfg.data.train_split
     files = split_shard_files(data_root, split)
     n_samples = read_manifest(data_root, split, columns=["id"]).num_rows
-    try:
-        return build_train_dataset(cfg, files, n_samples, rank, group_size, epoch_seed)
-    except ValueError as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise MindRecordError(f"{data_root}/{split}: {err}") from None
+    return build_train_dataset(cfg, files, n_samples, rank, group_size, epoch_seed)
 
 
 def overlay(image_chw: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
@@ -163,9 +161,9 @@ def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> l
 
     cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = 1
+    data = train_dataset(cfg, data_root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = train_dataset(cfg, data_root)
     written = []
     for image, label in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
         path = out / f"sample_{len(written):03d}.png"

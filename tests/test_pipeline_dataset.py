@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs.schema import Config, ConfigError
+from mindrecords.reader import MindRecordError
 from mindrecords.train_pipeline import build_train_dataset
 from mindrecords.writer import write_shard
 from test_pipeline_augment import _coded_pair, _decode_colours, _interior, _palette
@@ -141,7 +142,7 @@ def test_ranks_see_disjoint_equal_shares(tmp_path):
 def test_too_few_samples_per_rank_is_an_error(coded_files):
     cfg = _cfg()
     cfg.train.batch_size = 3
-    with pytest.raises(ValueError, match="cannot give each of 4 rank"):
+    with pytest.raises(MindRecordError, match=r"coded\d*: 8 samples cannot give each of 4 rank"):
         build_train_dataset(cfg, coded_files, 8, rank=0, group_size=4)
     with pytest.raises(ValueError, match="rank 2 is outside"):
         build_train_dataset(cfg, coded_files, 8, rank=2, group_size=2)

@@ -103,3 +103,8 @@ def test_inspect_pipeline_bad_inputs_exit_2(built, tmp_path):
     bad_key = runner.invoke(main, ["inspect-pipeline", "--config", str(config), "--data", str(built),
                                    "--out", str(tmp_path / "o"), "--set", "data.crop=5"])
     assert bad_key.exit_code == 2 and "data.crop" in bad_key.output
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    bad_out = runner.invoke(main, ["inspect-pipeline", "--config", str(config), "--data", str(built),
+                                   "--out", str(blocker / "sub")])
+    assert bad_out.exit_code == 2 and "file/sub" in bad_out.output
