@@ -15,9 +15,11 @@ so only the ratios between contenders measured together mean much):
 Targets: ours >= 3x seed and >= 85% of floor.
 
     .venv/bin/python bench/bench_pipeline.py [--images 12] [--rounds 3] [--samples 24] [--work DIR]
+        [--image-format png|jpeg]
 
-Sample data: `cli.py make-sample` at 1024x2048 and `cli.py build-mindrecord` (PNG as found) into
---work (kept and reused when given; a temporary folder otherwise).
+Sample data: `cli.py make-sample` at 1024x2048 and `cli.py build-mindrecord` (images stored as
+found, PNG, or re-encoded as JPEG with --image-format jpeg) into --work (kept and reused when
+given; a temporary folder otherwise).
 """
 from __future__ import annotations
 
@@ -140,27 +142,31 @@ def floor_dataset(out: Path, cfg: Config, workers: int, columns=("image", "label
 
 
 # --------------------------------------------------------------------------- measuring
-def rate(make, samples: int) -> float:
-    """Samples/s after the first batch (pipeline start-up is not throughput)."""
+def rate(make, samples: int) -> tuple[float, float]:
+    """(samples/s, process CPU ms per sample) after the first batch (start-up is not throughput).
+
+    CPU time counts every thread of this process; on a shared machine it moves less than
+    wall-clock rates when other jobs take cores away.
+    """
     data = make().repeat()
     it = data.create_tuple_iterator(output_numpy=True, num_epochs=1)
     next(it)
-    seen, start = 0, time.perf_counter()
+    seen, start, cpu = 0, time.perf_counter(), time.process_time()
     for batch in it:
         seen += len(batch[0])
         if seen >= samples:
             break
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / seen
 
 
-def prepare(work: Path, images: int) -> tuple[Path, Path]:
-    root, out = work / "cityscapes", work / "mindrecord"
+def prepare(work: Path, images: int, image_format: str) -> tuple[Path, Path]:
+    root, out = work / "cityscapes", work / f"mindrecord-{image_format}"
     py = sys.executable
     if not (root / "leftImg8bit" / "train").is_dir():
         subprocess.run([py, str(ROOT / "cli.py"), "make-sample", "--out", str(root), "--train", str(images),
                         "--val", "1", "--height", str(HEIGHT), "--width", str(WIDTH), "--seed", "0"], check=True)
     subprocess.run([py, str(ROOT / "cli.py"), "build-mindrecord", "--root", str(root), "--out", str(out),
-                    "--splits", "train"], check=True)
+                    "--splits", "train", "--image-format", image_format], check=True)
     return root, out
 
 
@@ -171,6 +177,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=24, help="samples timed per contender per round")
     parser.add_argument("--workers", type=int, default=2, help="dataset worker threads (data.num_parallel_workers)")
     parser.add_argument("--work", type=Path, help="folder for the generated data (kept; default: temporary)")
+    parser.add_argument("--image-format", choices=("png", "jpeg"), default="png",
+                        help="how build-mindrecord stores the images (the seed always reads the raw PNG files)")
     args = parser.parse_args()
 
     cfg = Config()  # the paper's recipe: crop 768, base (2048, 1024), ratio 0.5-2.0, cat_max_ratio 0.75
@@ -179,29 +187,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        root, out = prepare(work, args.images)
+        root, out = prepare(work, args.images, args.image_format)
         contenders = {
             "ours": lambda: train_dataset(cfg, out),
             "seed": lambda: seed_dataset(root, cfg, args.workers),
             "floor": lambda: floor_dataset(out, cfg, args.workers),
             "floor-img": lambda: floor_dataset(out, cfg, args.workers, columns=("image",)),
         }
-        results = {name: [] for name in contenders}
+        rates = {name: [] for name in contenders}
+        cpu = {name: [] for name in contenders}
         for r in range(args.rounds):
             for name, make in contenders.items():
-                results[name].append(rate(make, args.samples))
-            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in results.items()),
+                value, ms = rate(make, args.samples)
+                rates[name].append(value)
+                cpu[name].append(ms)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.2f}/s" for n, v in rates.items()),
                   flush=True)
-    med = {name: statistics.median(v) for name, v in results.items()}
-    print(f"\nsamples/s (median of {args.rounds} rounds, {args.samples} samples each, batch "
-          f"{cfg.train.batch_size}, crop {cfg.data.crop_size}, {args.workers} workers, {args.images} images "
-          f"{HEIGHT}x{WIDTH} PNG):")
-    for name, value in med.items():
-        print(f"  {name:10s} {value:7.2f}")
-    vs_seed, vs_floor = med["ours"] / med["seed"], med["ours"] / med["floor"]
+    def ratio(a, b):  # per round (contenders measured back to back), then the median over rounds
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
+
+    print(f"\nmedian of {args.rounds} rounds, {args.samples} samples each, batch {cfg.train.batch_size}, "
+          f"crop {cfg.data.crop_size}, {args.workers} workers, {args.images} images {HEIGHT}x{WIDTH}, "
+          f"shards store {args.image_format.upper()}:")
+    for name in contenders:
+        print(f"  {name:10s} {statistics.median(rates[name]):7.2f} samples/s   "
+              f"{statistics.median(cpu[name]):6.1f} CPU ms/sample")
+    vs_seed, vs_floor = ratio("ours", "seed"), ratio("ours", "floor")
     print(f"ours / seed      = {vs_seed:.2f}x   (target >= 3x: {'met' if vs_seed >= 3 else 'NOT met'})")
     print(f"ours / floor     = {100 * vs_floor:.0f}%   (target >= 85%: {'met' if vs_floor >= 0.85 else 'NOT met'})")
-    print(f"ours / floor-img = {100 * med['ours'] / med['floor-img']:.0f}%")
+    print(f"ours / floor-img = {100 * ratio('ours', 'floor-img'):.0f}%")
+    cpu_med = {name: statistics.median(v) for name, v in cpu.items()}
+    print(f"CPU per sample: seed / ours = {cpu_med['seed'] / cpu_med['ours']:.2f}x, "
+          f"floor / ours = {100 * cpu_med['floor'] / cpu_med['ours']:.0f}%")
 
 
 if __name__ == "__main__":
