@@ -56,7 +56,28 @@ def pipeline_seed(cfg: Config, epoch_seed: int | None) -> int:
 
 def check_data_config(cfg: Config) -> None:
     """Data settings the augmentation cannot work with: a ConfigError naming the key."""
-    d = cfg.data
+    d, p = cfg.data, cfg.data.photometric
+
+    def positive_range(key, values):
+        if len(values) != 2 or not 0 < values[0] <= values[1]:
+            raise ConfigError(f"{key} ({values}) must be [low, high] with 0 < low <= high")
+
+    if d.crop_size <= 0 or len(d.base_size) != 2 or min(d.base_size) <= 0:
+        raise ConfigError(f"data.crop_size ({d.crop_size}) and data.base_size ({d.base_size}, [width, height]) "
+                          "must be positive")
+    positive_range("data.ratio_range", d.ratio_range)
+    if not 0 < d.cat_max_ratio <= 1 or d.cat_max_tries < 0:
+        raise ConfigError(f"data.cat_max_ratio ({d.cat_max_ratio}) must be in (0, 1] (1 disables it) and "
+                          f"data.cat_max_tries ({d.cat_max_tries}) >= 0")
+    if not 0 <= d.flip_prob <= 1 or not 0 <= p.prob <= 1:
+        raise ConfigError(f"data.flip_prob ({d.flip_prob}) and data.photometric.prob ({p.prob}) must be in [0, 1]")
+    positive_range("data.photometric.contrast_range", p.contrast_range)
+    positive_range("data.photometric.saturation_range", p.saturation_range)
+    if not 0 <= p.brightness_delta <= 255 or not 0 <= p.hue_delta <= 180:
+        raise ConfigError(f"data.photometric.brightness_delta ({p.brightness_delta}) must be in 0..255 and "
+                          f"data.photometric.hue_delta ({p.hue_delta}) in 0..180 (OpenCV's 8-bit hue range)")
+    if d.num_parallel_workers < 1:
+        raise ConfigError(f"data.num_parallel_workers ({d.num_parallel_workers}) must be >= 1")
     if not cfg.model.n_cls <= d.ignore_index <= 255:
         raise ConfigError(f"data.ignore_index ({d.ignore_index}) must be in {cfg.model.n_cls}..255: "
                           f"padding and void pixels must never look like a class")

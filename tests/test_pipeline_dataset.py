@@ -148,11 +148,26 @@ def test_too_few_samples_per_rank_is_an_error(coded_files):
         build_train_dataset(cfg, coded_files, 8, rank=2, group_size=2)
 
 
-def test_unusable_data_settings_are_config_errors(coded_files):
-    with pytest.raises(ConfigError, match="data.crop_size"):
-        build_train_dataset(_cfg(ratio_range=[0.25, 0.5]), coded_files, 8)
-    with pytest.raises(ConfigError, match="data.ignore_index"):
-        build_train_dataset(_cfg(ignore_index=3), coded_files, 8)
+@pytest.mark.parametrize("settings, key", [
+    ({"ratio_range": [0.25, 0.5]}, "data.crop_size"),  # crop larger than any scaled image
+    ({"ignore_index": 3}, "data.ignore_index"),  # padding would be a class
+    ({"ratio_range": [2.0, 0.5]}, "data.ratio_range"),
+    ({"base_size": [128]}, "data.base_size"),
+    ({"cat_max_ratio": 0.0}, "data.cat_max_ratio"),
+    ({"flip_prob": 1.5}, "data.flip_prob"),
+    ({"num_parallel_workers": 0}, "data.num_parallel_workers"),
+])
+def test_unusable_data_settings_are_config_errors(coded_files, settings, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_train_dataset(_cfg(**settings), coded_files, 8)
+
+
+def test_unusable_photometric_settings_are_config_errors(coded_files):
+    for key, value in [("hue_delta", 200), ("contrast_range", [1.5, 0.5]), ("prob", -0.1)]:
+        cfg = _cfg()
+        setattr(cfg.data.photometric, key, value)
+        with pytest.raises(ConfigError, match=f"data\\.photometric\\.{key}"):
+            build_train_dataset(cfg, coded_files, 8)
 
 
 def test_a_colour_label_png_fails_with_a_clear_message(tmp_path):
