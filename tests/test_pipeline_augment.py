@@ -170,27 +170,27 @@ def test_cat_max_ratio_is_honoured():
     assert 0.6 < pass_rate(_op(crop=100, base=(400, 100), cat_max_ratio=0.75, tries=10)) < 1.0
 
 
-def _mmseg_photometric(img, params, p: Photometric):
-    """mmseg's PhotoMetricDistortion written plainly (float32 convert, HSV round trips)."""
+def _mmseg_photometric(rgb, params):
+    """mmseg's PhotoMetricDistortion written plainly, on BGR as mmseg loads images."""
     def convert(x, alpha=1, beta=0):
         return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
-    img = img.copy()
+    img = np.ascontiguousarray(rgb[:, :, ::-1])
     if params["brightness"] is not None:
         img = convert(img, beta=params["brightness"])
     if params["contrast_first"] and params["contrast"] is not None:
         img = convert(img, alpha=params["contrast"])
     if params["saturation"] is not None:
-        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
         hsv[:, :, 1] = convert(hsv[:, :, 1], alpha=params["saturation"])
-        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
     if params["hue"] is not None:
-        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
         hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + params["hue"]) % 180
-        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
     if not params["contrast_first"] and params["contrast"] is not None:
         img = convert(img, alpha=params["contrast"])
-    return img
+    return img[:, :, ::-1]
 
 
 def test_photometric_matches_mmseg_for_every_draw():
@@ -201,7 +201,7 @@ def test_photometric_matches_mmseg_for_every_draw():
         params = p.draw(np.random.default_rng(seed))
         for key in seen:
             seen[key].add(params[key] is not None if key != "contrast_first" else params[key])
-        assert np.array_equal(p.apply(image, params), _mmseg_photometric(image, params, p))
+        assert np.array_equal(p.apply(image, params), _mmseg_photometric(image, params))
         assert np.array_equal(p(image, np.random.default_rng(seed)), p.apply(image, params))
     # Every step was both applied and skipped, contrast both before and after HSV.
     assert all(v == {True, False} for v in seen.values())
