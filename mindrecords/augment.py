@@ -5,7 +5,9 @@ Resize(ratio_range) + RandomCrop(cat_max_ratio) + PhotoMetricDistortion do, but 
 it picks the crop window in the coordinates of the scaled image, then resamples only the
 source pixels under that window (the full scaled image, up to 4x the source, is never
 built). MindSpore has no C op that scales image and label by one random factor with
-different interpolations, nor mmseg's cat_max_ratio crop or photometric distortion.
+different interpolations, nor mmseg's cat_max_ratio crop; its colour ops follow PIL
+(AdjustBrightness multiplies, AdjustSaturation blends with grey) where mmseg adds a brightness
+offset and scales saturation in 8-bit HSV, so the photometric distortion is native too.
 Every random draw comes from a per-sample seed, so results do not depend on which worker
 thread handles a sample.
 
