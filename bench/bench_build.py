@@ -7,8 +7,9 @@ For each set size, three fresh processes run on the same files (page cache warme
           number of joblib workers: the physical minimum of any exact, validating build;
   build   `prep.build.build` (what `build-mindrecord` runs);
   single  the usual approach: one process converts sample by sample into one MindRecord file.
-Each reports wall seconds (process pool start and imports included) and peak RSS of its
-largest process; the build's peak is over its workers. Peak memory must not grow with the set.
+Each reports wall seconds (process pool start and imports included), CPU time per image (all
+its processes: a contention-proof view when the machine is shared) and peak RSS of its largest
+process; the build's peak is over its workers. Peak memory must not grow with the set.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _peak_mb() -> tuple[float, float]:
-    """(this process, largest reaped child) peak RSS in MB."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+def _usage() -> tuple[float, float, float]:
+    """(this process peak RSS MB, largest reaped child peak RSS MB, CPU seconds of both)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_maxrss / 1024, kids.ru_maxrss / 1024, me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _floor_task(root: str, pairs) -> int:
@@ -48,6 +49,7 @@ def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) ->
     from prep.discover import discover_split
 
     samples = discover_split(root, "train")
+    cpu_before = _usage()[2]
     start = time.perf_counter()
     if mode == "floor":
         from joblib import Parallel, delayed
@@ -76,8 +78,9 @@ def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) ->
         from joblib.externals.loky import get_reusable_executor
 
         get_reusable_executor().shutdown(wait=True)  # reap the workers so their peak RSS is counted
-    main_mb, child_mb = _peak_mb()
-    return {"mode": mode, "images": len(samples), "seconds": seconds, "main_mb": main_mb, "worker_mb": child_mb}
+    main_mb, child_mb, cpu = _usage()
+    return {"mode": mode, "images": len(samples), "seconds": seconds, "main_mb": main_mb, "worker_mb": child_mb,
+            "cpu_ms_per_image": 1000 * (cpu - cpu_before) / len(samples)}
 
 
 def _subset(full: Path, dest: Path, n: int) -> Path:
@@ -140,12 +143,13 @@ def main() -> None:
     print(f"\nbuild-mindrecord bench: 1024x2048 frames, {args.workers} workers, shard size {args.shard_size}, "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
     print("| images | floor img/s | build img/s | single-process img/s | build / floor | build / single "
-          "| peak RSS build worker / main (MB) | peak RSS single (MB) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| CPU ms/img floor / build / single | peak RSS build worker / main (MB) | peak RSS single (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n, _, r in rows:
         rate = {m: r[m]["images"] / r[m]["seconds"] for m in r}
         print(f"| {n} | {rate['floor']:.2f} | {rate['build']:.2f} | {rate['single']:.2f} | "
               f"{rate['build'] / rate['floor']:.0%} | {rate['build'] / rate['single']:.2f}x | "
+              + " / ".join(f"{r[m]['cpu_ms_per_image']:.0f}" for m in ("floor", "build", "single")) + " | "
               f"{r['build']['worker_mb']:.0f} / {r['build']['main_mb']:.0f} | {r['single']['main_mb']:.0f} |")
 
 

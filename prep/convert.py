@@ -105,8 +105,7 @@ def convert(root: Path, sample, image_format: str) -> tuple[dict, dict]:
                             f"image {image_path} ({height}x{width})")
     train_ids, counts = label_ids_to_train(label_ids, label_path)
     if image_format == "jpeg":
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        stored = encoded.tobytes()
+        stored = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
     else:
         stored = image_bytes
     record = {"id": sample.id, "city": sample.city, "image": stored, "label": encode_label_png(train_ids),
