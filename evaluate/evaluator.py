@@ -132,7 +132,8 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
                 spent[key] += dt
             done += 1
             if progress is not None:
-                progress.update(1)
+                running = compute_metrics(cm.matrix)["mIoU"] if has_gt else None
+                progress.update(1, postfix=f"mIoU so far {100 * running:.2f}" if running is not None else None)
         if writer is not None:
             t0 = time.perf_counter()
             writer.commit(images=done)
