@@ -1,9 +1,10 @@
 """Train-step time and peak memory: seg_tiny, batch 2 x 768x768, GRAPH_MODE on CPU.
 
 Compares, each in its own process (so peak RSS is per variant):
-  project  train.step.TrainStep (hand-written loss-scaled, clipped step) with the project loss
-  plain    the same math written plainly: nn.WithLossCell + nn.TrainOneStepCell, no loss scale or
-           clip, with the loss as one composed expression (one-hot * log_softmax)
+  graph     train.step.TrainStep (hand-written loss-scaled, clipped step), GRAPH_MODE
+  pynative  the same step in PyNative mode (config `mode: pynative`)
+  plain     the step written plainly: nn.WithLossCell + nn.TrainOneStepCell (no loss scale, no
+            clip), loss as one composed expression (one-hot * log_softmax), GRAPH_MODE
 A watchdog kills a variant whose RSS passes --max-rss-gib (this machine is shared).
 
     .venv/bin/python bench/bench_train.py [--batch 2 --crop 768 --steps 3 --set key=value ...]
@@ -61,20 +62,18 @@ def run_variant(args) -> dict:
     from model.segmenter import build_segmenter
     from train.loss import NetWithLoss, SegCrossEntropy
     from train.optim import build_optimizer
-    from train.step import TrainStep, apply_amp, build_loss_scaler, enable_recompute, lr_tensor
+    from train.step import TrainStep, apply_amp, build_loss_scaler, lr_tensor
 
     cfg = apply_overrides(Config(), [f"data.crop_size={args.crop}", f"train.batch_size={args.batch}"]
                           + list(args.set))
-    setup_context("CPU", "graph", 0)
+    setup_context("CPU", "pynative" if args.variant == "pynative" else "graph", 0)
     net = build_segmenter(cfg.model)
     rng = np.random.default_rng(0)
     image = ms.Tensor(rng.normal(size=(args.batch, 3, args.crop, args.crop)).astype(np.float32))
     label_np = rng.integers(0, cfg.model.n_cls, size=(args.batch, args.crop, args.crop)).astype(np.int32)
     label_np[:, :8] = 255
     label = ms.Tensor(label_np)
-    if args.variant == "project":
-        if cfg.train.recompute:
-            enable_recompute(net)
+    if args.variant in ("graph", "pynative"):
         net = apply_amp(net, cfg.train.amp_level)
         opt = build_optimizer(net, cfg.train.optimizer)
         step = TrainStep(NetWithLoss(net, SegCrossEntropy(255)), opt, build_loss_scaler(cfg.train),
@@ -112,7 +111,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=768)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--max-rss-gib", type=float, default=12.0)
-    parser.add_argument("--variants", default="project,plain")
+    parser.add_argument("--variants", default="graph,pynative,plain")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,7 +130,7 @@ def main() -> None:
         row.setdefault("variant", variant)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nseg_tiny train step, batch {args.batch} x {args.crop}x{args.crop}, GRAPH_MODE, CPU "
+    print(f"\nseg_tiny train step, batch {args.batch} x {args.crop}x{args.crop}, CPU "
           f"({os.cpu_count()} cores)")
     print(f"{'variant':<10} {'step s':>8} {'first step s':>13} {'peak RSS GiB':>13}")
     for r in rows:
@@ -139,12 +138,11 @@ def main() -> None:
             print(f"{r['variant']:<10} error: {r['error']}")
         else:
             print(f"{r['variant']:<10} {r['step_s']:>8.2f} {r['first_step_s']:>13.1f} {r['peak_rss_gib']:>13.2f}")
-    ok = [r for r in rows if "error" not in r]
-    if len(ok) == 2:
-        a, b = ok
-        print(f"{a['variant']}/{b['variant']}: time x{a['step_s'] / b['step_s']:.2f}, "
-              f"peak memory x{a['peak_rss_gib'] / b['peak_rss_gib']:.2f}")
-
+    base = next((r for r in rows if r["variant"] == "graph" and "error" not in r), None)
+    for r in rows:
+        if base is not None and r is not base and "error" not in r:
+            print(f"graph vs {r['variant']}: time x{base['step_s'] / r['step_s']:.2f}, "
+                  f"peak memory x{base['peak_rss_gib'] / r['peak_rss_gib']:.2f}")
 
 if __name__ == "__main__":
     main()

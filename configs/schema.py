@@ -123,9 +123,6 @@ class TrainConfig:
     log_every: int = 10
     # Stop after this many consecutive non-finite losses (each one halves the dynamic loss scale).
     nonfinite_patience: int = 5
-    # Recompute each transformer block's activations in the backward pass instead of keeping
-    # them: the N x N attention maps of 12 blocks dominate memory at crop 768 (see bench_train).
-    recompute: bool = False
 
 
 @dataclass

@@ -162,3 +162,4 @@ def test_weight_decay_skips_bias_norm_and_embeddings():
     groups = param_groups(TinySeg(), 0.1)
     decayed = {p.name for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {"conv.weight", "dense.weight", "head.weight"}
+

@@ -200,7 +200,7 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
     from prep.progress import Progress
     from train.loss import NetWithLoss, SegCrossEntropy
     from train.optim import build_optimizer, optimizer_state
-    from train.step import TrainStep, apply_amp, build_loss_scaler, enable_recompute, lr_tensor
+    from train.step import TrainStep, apply_amp, build_loss_scaler, lr_tensor
 
     start_time = time.perf_counter()
     run = Run(out_dir, writer=False)
@@ -223,8 +223,6 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
         net = build_segmenter(cfg.model)  # every weight comes from the checkpoint
     else:
         net = initial_net(cfg, log)
-    if t.recompute:
-        enable_recompute(net)
     net = apply_amp(net, t.amp_level)
     optimizer = build_optimizer(net, t.optimizer)
     opt_params = optimizer_state(optimizer, net)

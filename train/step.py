@@ -27,21 +27,6 @@ def apply_amp(net: nn.Cell, level: str) -> nn.Cell:
     raise ValueError(f"train.amp_level: unknown level {level!r}")
 
 
-def enable_recompute(net: nn.Cell) -> int:
-    """Mark every transformer block for recomputation; returns how many were marked.
-
-    Only each block's input is kept for backward; its attention maps (B x heads x N x N, N =
-    tokens) are rebuilt when the gradient needs them, so peak memory holds one block's
-    activations instead of all of them.
-    """
-    from model.layers import Block
-
-    blocks = [cell for _, cell in net.cells_and_names() if isinstance(cell, Block)]
-    for block in blocks:
-        block.recompute()
-    return len(blocks)
-
-
 def build_loss_scaler(train: TrainConfig):
     ls = train.loss_scale
     if ls.dynamic:
@@ -49,34 +34,26 @@ def build_loss_scaler(train: TrainConfig):
     return amp.StaticLossScaler(ls.init_scale)
 
 
-class TrainStep(nn.Cell):
-    """One optimization step at learning rate `lr` (a float32 scalar Tensor).
+class ApplyGradients(nn.Cell):
+    """Scaled gradients -> unscale, [all-reduce], finiteness, clip, update if finite, scale update.
 
-    Returns (loss, grads_finite, loss_scale_used). The lr is an input rather than a host-side
+    Returns (grads_finite, loss_scale_used). The lr is an input rather than a host-side
     `set_data` on the optimizer's Parameter because a compiled graph keeps the value it was
     compiled with (measured on CPU, MindSpore 2.10).
     """
 
-    def __init__(self, net_with_loss: nn.Cell, optimizer: nn.Optimizer, scaler, clip_norm: float,
-                 grad_reducer: nn.Cell | None = None):
+    def __init__(self, optimizer: nn.Optimizer, scaler, clip_norm: float, grad_reducer: nn.Cell | None = None):
         super().__init__(auto_prefix=False)
-        self.net_with_loss = net_with_loss
         self.optimizer = optimizer
-        self.weights = optimizer.parameters
-        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.scaler = scaler
         self.clip_norm = float(clip_norm)
         self.reduce = grad_reducer is not None
         self.grad_reducer = grad_reducer
 
-    def construct(self, image, label, lr):
-        ops.assign(self.optimizer.learning_rate, lr)
-        loss = self.net_with_loss(image, label)
+    def construct(self, grads, lr):
         # A copy: the Parameter itself is changed by adjust() below.
         scale = self.scaler.scale_value * 1.0
-        # The sensitivity (d loss) is the loss scale: gradients come out scaled without a
-        # second forward pass.
-        grads = self.grad(self.net_with_loss, self.weights)(image, label, scale.astype(loss.dtype))
+        ops.assign(self.optimizer.learning_rate, lr)
         grads = self.scaler.unscale(grads)
         if self.reduce:
             # Averaged before the finiteness test so every rank takes the same decision.
@@ -85,8 +62,33 @@ class TrainStep(nn.Cell):
         if self.clip_norm > 0:
             grads = ops.clip_by_global_norm(grads, self.clip_norm)
         if finite:
-            loss = ops.depend(loss, self.optimizer(grads))
+            finite = ops.depend(finite, self.optimizer(grads))
         self.scaler.adjust(finite)
+        return finite, scale
+
+
+class TrainStep(nn.Cell):
+    """One optimization step at learning rate `lr` (a float32 scalar Tensor), one graph.
+
+    Returns (loss, grads_finite, loss_scale_used).
+    """
+
+    def __init__(self, net_with_loss: nn.Cell, optimizer: nn.Optimizer, scaler, clip_norm: float,
+                 grad_reducer: nn.Cell | None = None):
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = net_with_loss
+        self.weights = optimizer.parameters
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.scaler = scaler
+        self.apply_grads = ApplyGradients(optimizer, scaler, clip_norm, grad_reducer)
+
+    def construct(self, image, label, lr):
+        loss = self.net_with_loss(image, label)
+        # The sensitivity (d loss) is the loss scale: gradients come out scaled without a
+        # second forward pass.
+        grads = self.grad(self.net_with_loss, self.weights)(image, label,
+                                                            self.scaler.scale_value.astype(loss.dtype))
+        finite, scale = self.apply_grads(grads, lr)
         return loss, finite, scale
 
 
