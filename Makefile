@@ -15,6 +15,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 demo: $(VENV)/.installed
 	$(PY) cli.py make-sample --out $(DEMO)/cityscapes
 	$(PY) cli.py build-mindrecord --root $(DEMO)/cityscapes --out $(DEMO)/mindrecord
+	rm -rf $(DEMO)/run
+	$(PY) cli.py train --config configs/seg_tiny_demo.yaml --data $(DEMO)/mindrecord --out $(DEMO)/run
+	$(PY) cli.py eval --checkpoint "$$(ls $(DEMO)/run/checkpoints/step_*.ckpt | tail -n 1)" --data $(DEMO)/mindrecord --split val
+	$(PY) -m train.baseline --data $(DEMO)/mindrecord --split val
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
