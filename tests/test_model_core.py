@@ -146,3 +146,33 @@ def test_save_load_roundtrip_and_rejections(tmp_path):
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.ckpt"):
         load_model(tmp_path / "bad.ckpt", cfg)
+
+
+def test_graph_and_pynative_agree():
+    setup_context("CPU", "pynative", 0)
+    net = build_segmenter(tiny_cfg().model)
+    net.set_train(False)
+    x = ms.Tensor(np.random.RandomState(3).randn(1, 3, 40, 24).astype(np.float32))
+    eager = net(x).asnumpy()
+    setup_context("CPU", "graph", 0)
+    try:
+        graph = net(x).asnumpy()
+    finally:
+        setup_context("CPU", "pynative", 0)
+    np.testing.assert_allclose(graph, eager, atol=1e-5)
+
+
+def test_out_size_resizes_logits_not_probabilities():
+    class Ramp:
+        def __call__(self, x):
+            b, _, h, w = x.shape
+            ramp = np.linspace(-3, 3, w, dtype=np.float32)
+            return ms.Tensor(np.broadcast_to(np.stack([ramp, -ramp])[None, :, None, :], (b, 2, h, w)).copy())
+
+    probs = sliding_window_probs(Ramp(), np.zeros((3, 8, 16), np.float32), 2, 8, 8, out_size=(4, 32))
+    assert probs.shape == (2, 4, 32)
+    # 16 columns = windows at 0 and 8, each a -3..3 ramp; upsampled to 32 columns, then softmax.
+    row = np.concatenate([np.linspace(-3, 3, 8)] * 2).astype(np.float32)
+    up = resize_bilinear(np.stack([row, -row])[:, None, :], (4, 32))
+    expected = np.exp(up) / np.exp(up).sum(0)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)

@@ -85,3 +85,13 @@ def test_npz_import_gives_official_encoder_features(tmp_path):
     ref = np.load(GOLDEN / "vit_golden_features.npz")
     feats = net.encoder(ms.Tensor(ref["input"])).asnumpy()  # 40x64 input: the 6x6 grid is resized again
     np.testing.assert_allclose(feats, ref["features"], atol=TOL, rtol=0)
+
+
+def test_infer_size_resizes_the_image_and_returns_original_size(converted, tmp_path):
+    out = tmp_path / "pred"
+    run("predict", IMAGE, "--checkpoint", converted["mask"], "--out", out, "--save-probs", "--infer-size", 64)
+    probs = np.load(out / f"{IMAGE.stem}_probs.npy")
+    assert probs.shape == (19, 48, 96)
+    # Not the 48-pixel result: the image really ran at 64x128 (window 32, stride 24).
+    assert np.abs(probs - np.load(GOLDEN / "probs_mask.npz")["sliding"]).max() > 1e-3
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
