@@ -80,6 +80,7 @@ def save_model(net, ckpt_path, cfg, extra: dict | None = None) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.ckpt")
     try:
         ms.save_checkpoint(net, str(tmp), append_dict=dict(extra) if extra else None)
+        os.chmod(tmp, 0o644)  # MindSpore writes 0400; a checkpoint is an ordinary shareable file
         save_config(cfg, config_beside(path))
         os.replace(tmp, path)
     finally:
@@ -96,6 +97,7 @@ def export_mindir(net, out_path, height: int, width: int) -> None:
     try:
         ms.export(net, ms.Tensor(np.zeros((1, 3, height, width), np.float32)), file_name=str(stem),
                   file_format="MINDIR")
+        os.chmod(tmp, 0o644)  # MindSpore writes 0400
         os.replace(tmp, out)
     finally:
         if tmp.exists():
