@@ -209,3 +209,23 @@ def test_mixed_precision_level_that_cannot_compile_is_a_clear_error(tiny_data, t
         pytest.skip("this MindSpore compiles the network in O2; nothing to report")
     assert code == 2 and "train.amp_level=O2" in out and "use train.amp_level=O0" in out, out
     assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+
+
+def test_pretrained_checkpoint_initializes_the_network(full_run, tmp_path):
+    from configs.schema import apply_overrides, load_config
+    from train.checkpoint import TrainError
+    from train.loop import initial_net
+
+    cfg_path, run, result = full_run
+    ckpt = run / "checkpoints" / "step_0000006.ckpt"
+    cfg = apply_overrides(load_config(cfg_path), [f"model.pretrained={ckpt}"])
+    net = initial_net(cfg, log=lambda *_: None)
+    trained = {p.name: p.asnumpy() for p in result.net.get_parameters()}
+    for p in net.get_parameters():
+        np.testing.assert_array_equal(p.asnumpy(), trained[p.name])
+    missing = apply_overrides(cfg, [f"model.pretrained={tmp_path / 'nope.npz'}"])
+    with pytest.raises(TrainError, match="model.pretrained: .*nope.npz: file not found"):
+        initial_net(missing, log=lambda *_: None)
+    wrong = apply_overrides(cfg, ["model.d_model=64", "model.n_heads=2"])
+    with pytest.raises(TrainError, match="model.pretrained: .*step_0000006.ckpt"):
+        initial_net(wrong, log=lambda *_: None)

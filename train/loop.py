@@ -205,7 +205,6 @@ def _read_batches(data, data_root, split: str, epoch: int):
 def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: bool = True,
           record_batches: bool = False, log=print) -> TrainResult:
     """Run (or resume) training as configured; see the module docstring for RUN's layout."""
-    import mindspore as ms
     from mindspore import nn
 
     from mindrecords.train_pipeline import train_dataset
