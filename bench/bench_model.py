@@ -81,7 +81,7 @@ def main():
     ap.add_argument("--skip-forward", action="store_true", help="only the sliding-window part")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--images", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="sliding-window rounds (0 skips that part)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--task", default="forward", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="graph", help=argparse.SUPPRESS)
@@ -103,6 +103,8 @@ def main():
         print(f"{variant:8} graph vs pynative: {res['pynative']['median_s'] / res['graph']['median_s']:.2f}x faster, "
               f"peak RSS {res['graph']['peak_rss_gib'] / res['pynative']['peak_rss_gib']:.2f}x")
 
+    if args.rounds <= 0:
+        return
     print(f"\nsliding window 1024x2048, window 768 stride 512 (8 windows), seg_tiny_mask, GRAPH_MODE; "
           f"{args.rounds} alternating rounds, each a fresh process timing {args.images} image(s) after a warm-up image")
     runs = {1: [], 4: []}
