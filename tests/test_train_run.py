@@ -229,3 +229,14 @@ def test_pretrained_checkpoint_initializes_the_network(full_run, tmp_path):
     wrong = apply_overrides(cfg, ["model.d_model=64", "model.n_heads=2"])
     with pytest.raises(TrainError, match="model.pretrained: .*step_0000006.ckpt"):
         initial_net(wrong, log=lambda *_: None)
+
+
+def test_truncated_shard_is_an_error_naming_the_split(tiny_data, tmp_path):
+    cfg = write_tiny_config(tmp_path / "tiny.yaml", train={"eval_every": 0})
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_data, damaged)
+    shard = sorted((damaged / "train").glob("train.mindrecord*[0-9]"))[-1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    code, out = run_cli("--config", cfg, "--data", damaged, "--out", tmp_path / "run")
+    assert code == 2 and str(damaged / "train") in out and "truncated or damaged" in out, out
+    assert not list((tmp_path / "run").rglob("*.ckpt"))

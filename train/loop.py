@@ -197,8 +197,13 @@ def _read_batches(data, data_root, split: str, epoch: int):
         except StopIteration:
             return
         except RuntimeError as err:
-            raise MindRecordError(f"{Path(data_root) / split}: reading the shards failed in epoch {epoch}: "
-                                  f"{str(err).strip().splitlines()[0]}") from None
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            # MindSpore's first line is generic; the "[ERROR] ..." line holds the reader's message.
+            detail = next((ln for ln in lines if ln.startswith("[ERROR]")), lines[0] if lines else "")
+            detail = detail.replace("[ERROR]", "").replace("[Internal ERROR]", "").strip()
+            raise MindRecordError(f"{Path(data_root) / split}: reading the shards failed in epoch {epoch}: {detail} "
+                                  f"(a shard is truncated or damaged; `cli.py verify {data_root}` "
+                                  "finds it)") from None
         yield batch
 
 
