@@ -201,8 +201,9 @@ def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path):
     assert "error: step " in out and "consecutive steps even after the loss scaler" in out, out
 
 
-def test_mixed_precision_level_that_cannot_compile_is_a_clear_error(tiny_data, tmp_path):
+def test_mixed_precision_level_that_cannot_compile_is_a_clear_error(tiny_data, tmp_path, monkeypatch):
     # Not silently ignored: O2 on this network does not compile on CPU with MindSpore 2.10.
+    monkeypatch.chdir(tmp_path)  # MindSpore writes rank_0/om/analyze_fail.ir into the cwd
     cfg = write_tiny_config(tmp_path / "tiny.yaml", train={"amp_level": "O2", "eval_every": 0})
     code, out = run_cli("--config", cfg, "--data", tiny_data, "--out", tmp_path / "run")
     if code == 0:
