@@ -5,7 +5,6 @@ and prints results. Errors the user can fix exit non-zero with a message naming 
 """
 from __future__ import annotations
 
-import sys
 
 import click
 

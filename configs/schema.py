@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
 import yaml
+
+from prep.atomic import write_text_atomic
 
 
 class ConfigError(ValueError):
@@ -294,10 +295,7 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write atomically (temp file + rename) so a reader never sees half a config."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def config_beside(checkpoint: str | os.PathLike) -> Path:

@@ -7,8 +7,6 @@ images. `evaluate_split` is what both `cli.py eval` and training's periodic vali
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from evaluate.predictions import PredictionWriter
 from evaluate.sliding_window import sliding_window_probs
 from mindrecords.eval_pipeline import eval_dataset
 from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
+from prep.atomic import write_text_atomic
 from prep.labels import NUM_CLASSES
 from prep.progress import Progress
 
@@ -156,13 +155,4 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
 
 def write_metrics_json(metrics: dict, path) -> None:
     """Write the metrics dict atomically (temp file + rename): never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(metrics, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")

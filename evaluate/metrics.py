@@ -71,7 +71,6 @@ def class_iou(matrix: np.ndarray) -> np.ndarray:
 
 
 def category_iou(matrix: np.ndarray, category_index: np.ndarray | None = None) -> np.ndarray:
-    n = matrix.shape[0]
     cat = category_of_class() if category_index is None else category_index
     scores = []
     for c in range(int(cat.max()) + 1):

@@ -1,7 +1,6 @@
 """`predict`: official sliding-window prediction for image files -> trainId / color PNGs (+ probabilities)."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from evaluate.sliding_window import resize_bilinear, sliding_window_probs
+from prep.atomic import atomic_path
 from prep.labels import colorize
 from prep.progress import Progress
 
@@ -71,16 +71,6 @@ def predict_probs(net, rgb: np.ndarray, cfg) -> np.ndarray:
                                 flip=e.flip, scales=tuple(e.scales), out_size=(h, w))
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def predict_images(net, cfg, paths, out_dir, save_probs: bool = False) -> dict:
     """Write DIR/{stem}.png (trainIds), DIR/{stem}_color.png and optionally DIR/{stem}_probs.npy per image."""
     check_images(paths)
@@ -92,11 +82,13 @@ def predict_images(net, cfg, paths, out_dir, save_probs: bool = False) -> dict:
     for p in map(Path, paths):
         probs = predict_probs(net, read_rgb(p), cfg)
         train_ids = probs.argmax(0).astype(np.uint8)
-        _atomic_write(out_dir / f"{p.stem}.png", lambda t: Image.fromarray(train_ids).save(t, format="PNG"))
-        _atomic_write(out_dir / f"{p.stem}_color.png",
-                      lambda t: Image.fromarray(colorize(train_ids)).save(t, format="PNG"))
+        with atomic_path(out_dir / f"{p.stem}.png") as tmp:
+            Image.fromarray(train_ids).save(tmp, format="PNG")
+        with atomic_path(out_dir / f"{p.stem}_color.png") as tmp:
+            Image.fromarray(colorize(train_ids)).save(tmp, format="PNG")
         if save_probs:
-            _atomic_write(out_dir / f"{p.stem}_probs.npy", lambda t: np.save(t, probs.astype(np.float32)))
+            with atomic_path(out_dir / f"{p.stem}_probs.npy") as tmp:
+                np.save(tmp, probs.astype(np.float32))
         pixels += train_ids.size
         progress.update(1, postfix=p.name)
     progress.close()

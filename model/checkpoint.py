@@ -5,13 +5,13 @@ Training checkpoints may hold non-model entries; their keys start with `optimize
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import mindspore as ms
 
 from configs.schema import config_beside, save_config
+from prep.atomic import atomic_path
 from model.segmenter import build_segmenter
 
 NON_MODEL_PREFIXES = ("optimizer.", "state.")
@@ -77,28 +77,16 @@ def save_model(net, ckpt_path, cfg, extra: dict | None = None) -> None:
     bad = [k for k in (extra or {}) if not k.startswith(NON_MODEL_PREFIXES)]
     if bad:
         raise ValueError(f"save_model: extra keys must start with {' or '.join(NON_MODEL_PREFIXES)}: {bad}")
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.ckpt")
-    try:
+    with atomic_path(path) as tmp:
         ms.save_checkpoint(net, str(tmp), append_dict=dict(extra) if extra else None)
-        os.chmod(tmp, 0o644)  # MindSpore writes 0400; a checkpoint is an ordinary shareable file
         save_config(cfg, config_beside(path))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def export_mindir(net, out_path, height: int, width: int) -> None:
     """MindIR of `net` for a fixed (1,3,H,W) input, written atomically."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stem = out.with_name(f".{out.stem}.tmp{os.getpid()}")
-    tmp = stem.with_name(stem.name + ".mindir")
-    try:
-        ms.export(net, ms.Tensor(np.zeros((1, 3, height, width), np.float32)), file_name=str(stem),
+    with atomic_path(out, suffix=".mindir") as tmp:
+        # MindSpore appends ".mindir" to file_name itself.
+        ms.export(net, ms.Tensor(np.zeros((1, 3, height, width), np.float32)), file_name=str(tmp)[:-len(".mindir")],
                   file_format="MINDIR")
-        os.chmod(tmp, 0o644)  # MindSpore writes 0400
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from mindrecords.schema import MANIFEST, PIXEL_COLUMNS, STAGING_DIR, STATE_DIR, SUMMARY, shard_name
 from mindrecords.writer import commit_shard, remove_shard, remove_tree, shard_files, write_shard
+from prep.atomic import write_bytes_atomic
 from prep.convert import convert, fingerprint
 from prep.discover import Sample, discover
 from prep.errors import PrepError
@@ -49,15 +50,9 @@ class SplitResult:
     summary: dict = field(repr=False, default_factory=dict)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _atomic_json(path: Path, obj, indent=None) -> None:
     # indent=None keeps json on its C encoder: state files are written per shard, on the hot path.
-    _atomic_write(path, (json.dumps(obj, indent=indent, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(obj, indent=indent, sort_keys=True) + "\n").encode())
 
 
 def _load_json(path: Path):
@@ -200,7 +195,7 @@ def _write_manifest(split_dir: Path, states: list[dict], summary: dict) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     _atomic_json(split_dir / SUMMARY, summary, indent=1)
-    _atomic_write(split_dir / MANIFEST, buf.getvalue())  # last: its presence means "complete"
+    write_bytes_atomic(split_dir / MANIFEST, buf.getvalue())  # last: its presence means "complete"
 
 
 def _stray_shards(split_dir: Path, split: str, names: set) -> set:

@@ -9,13 +9,13 @@ object, so a small model can learn the classes from appearance.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from prep.atomic import write_bytes_atomic
 from prep.labels import LABELS
 from prep.polygons import draw
 
@@ -250,9 +250,7 @@ def write_frame(root: Path, split: str, city: str, sid: str, h: int, w: int, rng
     }
     for path, data in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
 
 
 def _png(array: np.ndarray) -> bytes:

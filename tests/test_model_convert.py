@@ -1,7 +1,6 @@
 """convert-weights / predict / export on bad input: clear error naming the file or option, exit 2, no output."""
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import shutil
@@ -18,7 +17,7 @@ from configs.schema import Config, ModelConfig, save_config
 from model.checkpoint import CheckpointError, load_model
 from model.convert import load_release
 from model.runtime import setup_context
-from model.torch_pickle import TorchFileError, load_torch_file
+from model.torch_pickle import load_torch_file
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 RELEASE = GOLDEN / "seg_golden_mask"

@@ -4,12 +4,12 @@ cv2 is already a runtime dependency (decoding, resizing); a plotting library is 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from prep.atomic import atomic_path
 
 PANEL_W, PANEL_H, MARGIN_L, MARGIN_B, MARGIN_T = 520, 300, 70, 30, 28
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -62,12 +62,6 @@ def draw_curves(records: list[dict], path) -> None:
     ]
     image = np.concatenate(panels, axis=1)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".png")
-    os.close(fd)
-    try:
-        if not cv2.imwrite(tmp, image):
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), image):
             raise OSError(f"{path}: cv2 could not write the PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

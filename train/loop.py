@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.schema import Config, ConfigError, config_to_dict, load_config, save_config
+from prep.atomic import write_text_atomic
 from train.checkpoint import (BEST, TrainError, list_step_checkpoints, read_checkpoint, restore, rotate,
                               save_training_checkpoint, step_checkpoint_name)
 from train.schedule import lr_at
@@ -80,13 +80,6 @@ def check_resume_config(saved: Config, given: Config, saved_path: Path) -> None:
                              f"{b.get(key)!r}; resume with the run's own config (omit --config) or start a new --out")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -110,11 +103,11 @@ class Run:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             save_config(cfg, self.config)
-            _atomic_write_text(self.metrics, "")
+            write_text_atomic(self.metrics, "")
         else:
             # Records past the resumed step belong to the interrupted tail; the rerun writes them again.
             kept = [r for r in read_metrics(self.metrics) if r.get("step", 0) <= resume_step]
-            _atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, record: dict) -> None:
         if self.writer:

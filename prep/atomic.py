@@ -1,0 +1,37 @@
+"""Atomic file writes shared by every stage: a reader never sees a half-written file.
+
+Write to a temporary name beside the target, then `os.replace` (atomic on one file system);
+on any failure the temporary file is removed and the target is left as it was.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path, suffix: str | None = None):
+    """Yield a temporary path beside `path` (ending in `suffix`, default the target's own, so
+    writers that pick the format from the extension work); on success it replaces `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix if suffix is None else suffix}")
+    try:
+        yield tmp
+        # mkstemp and MindSpore create 0600/0400 files; outputs are ordinary shareable files.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
