@@ -1,10 +1,13 @@
 """Train-step time and peak memory: seg_tiny, batch 2 x 768x768, GRAPH_MODE on CPU.
 
 Compares, each in its own process (so peak RSS is per variant):
-  graph     train.step.TrainStep (hand-written loss-scaled, clipped step), GRAPH_MODE
-  pynative  the same step in PyNative mode (config `mode: pynative`)
+  per_block train.block_step.PerBlockTrainStep (the default, `train.step_graph: per_block`):
+            one template block's forward and recompute+vjp graphs shared by all blocks, GRAPH_MODE
+  whole     train.step.TrainStep, one forward+backward graph (`train.step_graph: whole`), GRAPH_MODE
+  pynative  the per-block step in PyNative mode (config `mode: pynative`)
   plain     the step written plainly: nn.WithLossCell + nn.TrainOneStepCell (no loss scale, no
             clip), loss as one composed expression (one-hot * log_softmax), GRAPH_MODE
+Every variant but `plain` has loss scaling and global-norm clipping.
 A watchdog kills a variant whose RSS passes --max-rss-gib (this machine is shared).
 
     .venv/bin/python bench/bench_train.py [--batch 2 --crop 768 --steps 3 --set key=value ...]
@@ -60,12 +63,13 @@ def run_variant(args) -> dict:
     from configs.schema import Config, apply_overrides
     from model.runtime import setup_context
     from model.segmenter import build_segmenter
-    from train.loss import NetWithLoss, SegCrossEntropy
+    from train.loss import SegCrossEntropy
     from train.optim import build_optimizer
-    from train.step import TrainStep, apply_amp, build_loss_scaler, lr_tensor
+    from train.step import apply_amp, build_loss_scaler, build_train_step, lr_tensor
 
-    cfg = apply_overrides(Config(), [f"data.crop_size={args.crop}", f"train.batch_size={args.batch}"]
-                          + list(args.set))
+    step_graph = "whole" if args.variant == "whole" else "per_block"
+    cfg = apply_overrides(Config(), [f"data.crop_size={args.crop}", f"train.batch_size={args.batch}",
+                                     f"train.step_graph={step_graph}"] + list(args.set))
     setup_context("CPU", "pynative" if args.variant == "pynative" else "graph", 0)
     net = build_segmenter(cfg.model)
     rng = np.random.default_rng(0)
@@ -73,13 +77,12 @@ def run_variant(args) -> dict:
     label_np = rng.integers(0, cfg.model.n_cls, size=(args.batch, args.crop, args.crop)).astype(np.int32)
     label_np[:, :8] = 255
     label = ms.Tensor(label_np)
-    if args.variant in ("graph", "pynative"):
+    if args.variant != "plain":
         net = apply_amp(net, cfg.train.amp_level)
         opt = build_optimizer(net, cfg.train.optimizer)
-        step = TrainStep(NetWithLoss(net, SegCrossEntropy(255)), opt, build_loss_scaler(cfg.train),
-                         cfg.train.clip_grad_norm)
+        step = build_train_step(cfg, net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train))
         lr = lr_tensor(cfg.train.optimizer.lr)
-        call = lambda: step(image, label, lr)[0]  # noqa: E731
+        call = lambda: step(image, label, lr, 0)[0]  # noqa: E731
     else:
         class PlainCE(nn.Cell):
             def construct(self, logits, lbl):
@@ -91,8 +94,8 @@ def run_variant(args) -> dict:
         opt = nn.SGD(net.trainable_params(), learning_rate=cfg.train.optimizer.lr,
                      momentum=cfg.train.optimizer.momentum)
         step = nn.TrainOneStepCell(nn.WithLossCell(net, PlainCE()), opt)
+        step.set_train()
         call = lambda: step(image, label)  # noqa: E731
-    step.set_train()
     t0 = time.perf_counter()
     float(call().asnumpy())
     compile_s = time.perf_counter() - t0
@@ -111,7 +114,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=768)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--max-rss-gib", type=float, default=12.0)
-    parser.add_argument("--variants", default="graph,pynative,plain")
+    parser.add_argument("--variants", default="per_block,whole,pynative,plain")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,10 +141,10 @@ def main() -> None:
             print(f"{r['variant']:<10} error: {r['error']}")
         else:
             print(f"{r['variant']:<10} {r['step_s']:>8.2f} {r['first_step_s']:>13.1f} {r['peak_rss_gib']:>13.2f}")
-    base = next((r for r in rows if r["variant"] == "graph" and "error" not in r), None)
+    base = next((r for r in rows if r["variant"] == "per_block" and "error" not in r), None)
     for r in rows:
         if base is not None and r is not base and "error" not in r:
-            print(f"graph vs {r['variant']}: time x{base['step_s'] / r['step_s']:.2f}, "
+            print(f"per_block vs {r['variant']}: time x{base['step_s'] / r['step_s']:.2f}, "
                   f"peak memory x{base['peak_rss_gib'] / r['peak_rss_gib']:.2f}")
 
 if __name__ == "__main__":

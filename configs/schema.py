@@ -117,6 +117,10 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     clip_grad_norm: float = 5.0  # 0 disables clipping
     amp_level: str = "O0"  # O0 | O1 | O2
+    # per_block: one compiled graph per block kind, blocks recomputed in backward (memory of one
+    # block: 4.3 GiB for seg_tiny at 2x768x768 on CPU); whole: one forward+backward graph
+    # (faster on small crops, memory grows with every block's attention maps).
+    step_graph: str = "per_block"  # per_block | whole
     loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -155,6 +159,7 @@ _CHOICES = {
     "train.optimizer.name": ("sgd", "adamw"),
     "train.schedule.name": ("poly", "cosine", "constant"),
     "train.amp_level": ("O0", "O1", "O2"),
+    "train.step_graph": ("per_block", "whole"),
 }
 
 
@@ -239,6 +244,10 @@ def _check(cfg: Config) -> None:
     if cfg.train.batch_size <= 0:
         raise ConfigError("train.batch_size must be positive")
     t = cfg.train
+    if t.step_graph == "per_block" and m.dropout > 0:
+        # The recomputed forward pass would draw different dropout masks than the first one.
+        raise ConfigError(f"train.step_graph=per_block needs model.dropout=0 (got {m.dropout}); "
+                          "set train.step_graph=whole to train with encoder dropout")
     for key in ("checkpoint_every", "log_every", "nonfinite_patience"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive")

@@ -38,13 +38,15 @@ class MaskTransformer(nn.Cell):
     def construct(self, x, gh: int, gw: int):
         x = self.proj_dec(x)
         b = x.shape[0]
-        x = ops.concat((x, ops.broadcast_to(self.cls_emb, (b, self.n_cls, self.d_model))), axis=1)
+        # Raw Parameters follow the activations' dtype (float16 under mixed precision).
+        cls_emb = ops.broadcast_to(self.cls_emb.astype(x.dtype), (b, self.n_cls, self.d_model))
+        x = ops.concat((x, cls_emb), axis=1)
         for blk in self.blocks:
             x = blk(x)
         x = self.decoder_norm(x)
         n = x.shape[1] - self.n_cls
-        patches = ops.matmul(x[:, :n], self.proj_patch)
-        classes = ops.matmul(x[:, n:], self.proj_classes)
+        patches = ops.matmul(x[:, :n], self.proj_patch.astype(x.dtype))
+        classes = ops.matmul(x[:, n:], self.proj_classes.astype(x.dtype))
         # L2-normalise without epsilon, as the official code.
         patches = patches / ops.sqrt(ops.sum(patches * patches, -1, keepdim=True))
         classes = classes / ops.sqrt(ops.sum(classes * classes, -1, keepdim=True))

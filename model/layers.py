@@ -54,7 +54,12 @@ class DropPath(nn.Cell):
         # Dropout of a (B,1,1) tensor of ones is exactly the per-sample keep mask / keep_prob.
         self.drop = nn.Dropout(p=p) if self.active else None
 
-    def construct(self, x):
+    def construct(self, x, keep=None):
+        # `keep` (B,1,1), if given, is the per-sample mask already divided by the keep
+        # probability: the per-block train step draws it on the host so that the recomputed
+        # forward pass drops exactly the branches the first pass dropped.
+        if keep is not None:
+            return x * keep.astype(x.dtype)
         if self.active and self.training:
             mask = self.drop(ops.ones((x.shape[0], 1, 1), x.dtype))
             return x * mask
@@ -103,15 +108,20 @@ class Block(nn.Cell):
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float):
         super().__init__()
+        self.hparams = {"dim": dim, "heads": heads, "mlp_dim": mlp_dim, "dropout": dropout, "drop_path": drop_path}
         self.norm1 = LayerNorm(dim)
         self.norm2 = LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout)
         self.mlp = FeedForward(dim, mlp_dim, dropout)
         self.drop_path = DropPath(drop_path)
 
-    def construct(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def construct(self, x, keep=None):
+        """`keep`: optional (2,B,1,1) drop-path masks for the attention and MLP branches."""
+        if keep is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x)), keep[0])
+        return x + self.drop_path(self.mlp(self.norm2(x)), keep[1])
 
 
 def drop_path_rates(rate: float, depth: int) -> list:

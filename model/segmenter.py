@@ -17,20 +17,33 @@ class Segmenter(nn.Cell):
         self.encoder = encoder
         self.decoder = decoder
 
-    def construct(self, im):
+    def pad(self, im):
+        """Zero-pad right/bottom to a multiple of the patch size."""
         h, w = im.shape[2], im.shape[3]
         p = self.patch_size
         pad_h = (p - h % p) % p
         pad_w = (p - w % p) % p
         if pad_h or pad_w:
-            im = ops.pad(im, (0, pad_w, 0, pad_h))  # zeros right/bottom
-        hp, wp = h + pad_h, w + pad_w
-        x = self.encoder(im)[:, 1:]  # drop the class token
+            im = ops.pad(im, (0, pad_w, 0, pad_h))
+        return im
+
+    def head(self, x, h: int, w: int):
+        """Encoder blocks' output (B,1+N,d) of an (h,w) image -> logits (B,n_cls,h,w)."""
+        p = self.patch_size
+        hp, wp = h + (p - h % p) % p, w + (p - w % p) % p
+        x = self.encoder.norm(x)[:, 1:]  # drop the class token
         masks = self.decoder(x, hp // p, wp // p)
         masks = ops.interpolate(masks, size=(hp, wp), mode="bilinear", align_corners=False)
-        if pad_h or pad_w:
+        if hp != h or wp != w:
             masks = masks[:, :, :h, :w]
         return masks
+
+    def construct(self, im):
+        h, w = im.shape[2], im.shape[3]
+        x = self.encoder.embed(self.pad(im))
+        for blk in self.encoder.blocks:
+            x = blk(x)
+        return self.head(x, h, w)
 
 
 def build_segmenter(model_cfg) -> Segmenter:

@@ -50,13 +50,19 @@ class VisionTransformer(nn.Cell):
                                    for r in drop_path_rates(drop_path_rate, n_layers)])
         self.norm = LayerNorm(d_model)
 
-    def construct(self, im):
+    def embed(self, im):
+        """Patch tokens with the class token and position embedding: the blocks' input."""
         b, _, h, w = im.shape
         x = self.patch_embed(im)
-        cls = ops.broadcast_to(self.cls_token, (b, 1, self.d_model))
+        # Raw Parameters follow the activations' dtype (float16 under mixed precision).
+        cls = ops.broadcast_to(self.cls_token.astype(x.dtype), (b, 1, self.d_model))
         x = ops.concat((cls, x), axis=1)
-        pos = resize_pos_embed(self.pos_embed, self.grid_size, (h // self.patch_size, w // self.patch_size))
-        x = self.dropout(x + pos)
+        pos = resize_pos_embed(self.pos_embed, self.grid_size,
+                               (h // self.patch_size, w // self.patch_size)).astype(x.dtype)
+        return self.dropout(x + pos)
+
+    def construct(self, im):
+        x = self.embed(im)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)

@@ -166,19 +166,6 @@ def initial_net(cfg: Config, log):
     return net
 
 
-def _run_step(step_cell, image, label, lr, amp_level: str):
-    try:
-        return step_cell(image, label, lr)
-    except (TypeError, RuntimeError) as err:
-        if amp_level == "O0":
-            raise
-        # Measured on CPU with MindSpore 2.10: auto_mixed_precision O1 fails to rewrite the
-        # network and O2 leaves the model's raw Parameters (class token, projections) in float32.
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise TrainError(f"train.amp_level={amp_level}: MindSpore cannot compile this network in mixed "
-                         f"precision ({first.strip()}); use train.amp_level=O0") from None
-
-
 def _read_batches(data, data_root, split: str, epoch: int):
     """The dataset's batches; a shard that turns out damaged while read becomes a MindRecordError."""
     from mindrecords.reader import MindRecordError
@@ -208,9 +195,9 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
     from mindrecords.train_pipeline import train_dataset
     from model.runtime import setup_context
     from prep.progress import Progress
-    from train.loss import NetWithLoss, SegCrossEntropy
+    from train.loss import SegCrossEntropy
     from train.optim import build_optimizer, optimizer_state
-    from train.step import TrainStep, apply_amp, build_loss_scaler, lr_tensor
+    from train.step import apply_amp, build_loss_scaler, build_train_step, lr_tensor
 
     start_time = time.perf_counter()
     run = Run(out_dir, writer=False)
@@ -239,9 +226,7 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
     scaler = build_loss_scaler(t)
     reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=group_size) \
         if group_size > 1 else None
-    step_cell = TrainStep(NetWithLoss(net, SegCrossEntropy(cfg.data.ignore_index)), optimizer, scaler,
-                          t.clip_grad_norm, reducer)
-    step_cell.set_train()
+    step_fn = build_train_step(cfg, net, SegCrossEntropy(cfg.data.ignore_index), optimizer, scaler, reducer, rank)
 
     step, best_miou, best_step = 0, -1.0, -1
     if entries is not None:
@@ -256,7 +241,8 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
 
     global_batch = t.batch_size * group_size
     log(f"rank {rank}/{group_size}: {steps_per_epoch} steps/epoch of batch {t.batch_size} "
-        f"(global batch {global_batch}), {total} steps, amp {t.amp_level}, {cfg.mode} mode")
+        f"(global batch {global_batch}), {total} steps, amp {t.amp_level}, {cfg.mode} mode, "
+        f"{t.step_graph.replace('_', '-')} step graph")
 
     def checkpoint(path: Path) -> None:
         if run.writer:
@@ -298,7 +284,7 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
                 break
             lr = lr_at(step, total, t.optimizer.lr, t.schedule)
             t0 = time.perf_counter()
-            loss_t, finite_t, scale_t = _run_step(step_cell, image, label, lr_tensor(lr), t.amp_level)
+            loss_t, finite_t, scale_t = step_fn(image, label, lr_tensor(lr), step)
             loss, finite, scale = float(loss_t.asnumpy()), bool(finite_t.asnumpy()), float(scale_t.asnumpy())
             dt = time.perf_counter() - t0
             step += 1

@@ -11,19 +11,51 @@ import mindspore as ms
 from mindspore import amp, nn, ops
 
 from configs.schema import TrainConfig
+from train.loss import NetWithLoss
+
+
+class _Float16Compute(nn.Cell):
+    """A Dense/Conv2d computed in float16 (input and weights cast), its output back in float32."""
+
+    def __init__(self, cell: nn.Cell):
+        super().__init__(auto_prefix=False)  # parameter names stay the wrapped layer's
+        self.cell = cell.to_float(ms.float16)
+
+    def construct(self, x):
+        return self.cell(x).astype(ms.float32)
+
+
+def _float16_matmul_layers(cell: nn.Cell) -> None:
+    for name, sub in list(cell.name_cells().items()):
+        if isinstance(sub, (nn.Dense, nn.Conv2d)):
+            cell._cells[name] = _Float16Compute(sub)
+        elif not isinstance(sub, _Float16Compute):
+            _float16_matmul_layers(sub)
 
 
 def apply_amp(net: nn.Cell, level: str) -> nn.Cell:
-    """Cast the network for mixed precision; the loss is always computed in float32.
+    """Set the network's compute precision in place (weights stay float32 masters); returns `net`.
 
-    O0: float32. O1: float16 for the whitelisted compute ops (MatMul/Conv/...), float32 for the
-    rest (softmax, LayerNorm, ...), via `amp.auto_mixed_precision`. O2: float16 except
-    normalization layers. On CPU both run but are slower than O0 (no fast fp16 kernels).
+    O0: float32. O1: the Dense and Conv2d layers (all the matmul FLOPs but attention's two
+    batched products) compute in float16, everything else stays float32. O2: every cell computes
+    in float16 except LayerNorm (float32); the residual stream is float16. The loss always
+    casts the logits to float32. Written here rather than with `amp.auto_mixed_precision`,
+    which cannot rewrite this network for O1 and wraps it in a new cell for O2 (measured,
+    MindSpore 2.10). On CPU both are slower than O0 (no fast float16 kernels).
     """
+    from model.layers import LayerNorm
+
     if level == "O0":
         return net
-    if level in ("O1", "O2"):
-        return amp.auto_mixed_precision(net, level)
+    if level == "O1":
+        _float16_matmul_layers(net)
+        return net
+    if level == "O2":
+        net.to_float(ms.float16)
+        for _, cell in net.cells_and_names():
+            if isinstance(cell, LayerNorm):
+                cell.to_float(ms.float32)
+        return net
     raise ValueError(f"train.amp_level: unknown level {level!r}")
 
 
@@ -90,6 +122,23 @@ class TrainStep(nn.Cell):
                                                             self.scaler.scale_value.astype(loss.dtype))
         finite, scale = self.apply_grads(grads, lr)
         return loss, finite, scale
+
+
+def build_train_step(cfg, net: nn.Cell, loss: nn.Cell, optimizer: nn.Optimizer, scaler,
+                     grad_reducer: nn.Cell | None = None, rank: int = 0):
+    """The configured step as `fn(image, label, lr, step) -> (loss, finite, scale)`, in train mode.
+
+    `train.step_graph`: `whole` is `TrainStep`; `per_block` is `train.block_step.PerBlockTrainStep`.
+    """
+    t = cfg.train
+    if t.step_graph == "per_block":
+        from train.block_step import PerBlockTrainStep
+
+        return PerBlockTrainStep(net, loss, optimizer, scaler, t.clip_grad_norm, grad_reducer,
+                                 seed=cfg.seed, rank=rank, amp_level=t.amp_level).set_train()
+    whole = TrainStep(NetWithLoss(net, loss), optimizer, scaler, t.clip_grad_norm, grad_reducer)
+    whole.set_train()
+    return lambda image, label, lr, step: whole(image, label, lr)
 
 
 def lr_tensor(lr: float) -> ms.Tensor:
