@@ -1,6 +1,11 @@
 """Build throughput on full-size (1024x2048) frames, side by side with two baselines.
 
-    .venv/bin/python bench/bench_build.py [--images 32,64] [--workers 2] [--shard-size 8] [--data DIR]
+    .venv/bin/python bench/bench_build.py [--images 128,512] [--distinct 128] [--workers 2] [--shard-size 8]
+        [--data DIR]
+
+Sets larger than --distinct generated frames repeat them under other sequence numbers (hard
+links), so a Cityscapes-sized run does not need gigabytes of generated frames; every mode reads
+the same bytes from the page cache.
 
 For each set size, three fresh processes run on the same files (page cache warmed first):
   floor   read every source file and decode each image and label once with cv2, on the same
@@ -84,17 +89,22 @@ def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) ->
 
 
 def _subset(full: Path, dest: Path, n: int) -> Path:
-    """The first n frames of `full`, hard-linked (no copy, same page cache)."""
+    """n frames hard-linked from `full` (no copy, same page cache); frame i > len(full) repeats
+    frame i % len(full) under sequence number seq + 1000 * (i // len(full))."""
     if dest.exists():
         return dest
     from prep.discover import discover_split
 
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for s in discover_split(full, "train")[:n]:
+    frames = discover_split(full, "train")
+    for i in range(n):
+        s = frames[i % len(frames)]
         stem = s.image[: -len("_leftImg8bit.png")].replace("leftImg8bit/", "gtFine/", 1)
+        city, seq, frame = s.id.rsplit("_", 2)
+        new_id = f"{city}_{int(seq) + 1000 * (i // len(frames)):06d}_{frame}"
         for src in [full / s.image, *full.glob(stem + "_gtFine_*")]:
-            target = tmp / src.relative_to(full)
+            target = tmp / str(src.relative_to(full)).replace(s.id, new_id)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(src, target)
     os.replace(tmp, dest)
@@ -103,7 +113,8 @@ def _subset(full: Path, dest: Path, n: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", default="32,64", help="comma-separated set sizes")
+    ap.add_argument("--images", default="128,512", help="comma-separated set sizes")
+    ap.add_argument("--distinct", type=int, default=128, help="distinct frames to generate")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=8)
     ap.add_argument("--data", default=str(REPO / "bench_out" / "build"), help="where frames and outputs go")
@@ -119,14 +130,15 @@ def main() -> None:
 
     sizes = sorted(int(n) for n in args.images.split(","))
     data = Path(args.data)
-    full = data / f"frames{sizes[-1]}"
+    distinct = min(args.distinct, sizes[-1])
+    full = data / f"frames{distinct}"
     if not full.exists():
-        print(f"generating {sizes[-1]} frames of 1024x2048 in {full} ...", flush=True)
-        make_sample(full.with_name(full.name + ".tmp"), n_train=sizes[-1], n_val=0, height=1024, width=2048, seed=0)
+        print(f"generating {distinct} frames of 1024x2048 in {full} ...", flush=True)
+        make_sample(full.with_name(full.name + ".tmp"), n_train=distinct, n_val=0, height=1024, width=2048, seed=0)
         os.replace(full.with_name(full.name + ".tmp"), full)
     rows = []
     for n in sizes:
-        root = _subset(full, data / f"set{n}", n)
+        root = _subset(full, data / f"set{n}-of{distinct}", n)
         source_mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
         for p in root.rglob("*.png"):
             p.read_bytes()  # warm the page cache: every mode reads from memory
