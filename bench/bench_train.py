@@ -73,7 +73,10 @@ def run_variant(args) -> dict:
     setup_context("CPU", "pynative" if args.variant == "pynative" else "graph", 0)
     net = build_segmenter(cfg.model)
     rng = np.random.default_rng(0)
-    image = ms.Tensor(rng.normal(size=(args.batch, 3, args.crop, args.crop)).astype(np.float32))
+    pixels = rng.integers(0, 256, size=(args.batch, args.crop, args.crop, 3)).astype(np.uint8)
+    image_u8 = ms.Tensor(pixels)  # a pipeline batch: uint8 HWC, normalized in the step's graph
+    valid = ms.Tensor(np.full((args.batch, 2), args.crop, np.int32))
+    image = ms.Tensor(((pixels - 127.5) / 127.5).transpose(0, 3, 1, 2).astype(np.float32))  # plain: normalized
     label_np = rng.integers(0, cfg.model.n_cls, size=(args.batch, args.crop, args.crop)).astype(np.int32)
     label_np[:, :8] = 255
     label = ms.Tensor(label_np)
@@ -82,7 +85,7 @@ def run_variant(args) -> dict:
         opt = build_optimizer(net, cfg.train.optimizer)
         step = build_train_step(cfg, net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train))
         lr = lr_tensor(cfg.train.optimizer.lr)
-        call = lambda: step(image, label, lr, 0)[0]  # noqa: E731
+        call = lambda: step(image_u8, label, valid, lr, 0)[0]  # noqa: E731
     else:
         class PlainCE(nn.Cell):
             def construct(self, logits, lbl):

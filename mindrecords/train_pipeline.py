@@ -10,10 +10,13 @@ Per sample, in this order (REFERENCE.md section 3; mmseg's Cityscapes train pipe
    computed as "crop the window, then resample only the window"; then mmseg's photometric
    distortion on the image (it is per-pixel, so doing it before the flip changes nothing);
 3. horizontal flip with `data.flip_prob` (C pair op over image and label: one draw for both);
-4. one native op (`augment.NormalizePad`): normalize with `model.mean`/`model.std`, pad
-   right/bottom to the crop (image 0 in normalized space, as mmseg pads after Normalize;
-   label `data.ignore_index`, never a class), CHW, label int32;
+4. one native op (`augment.PadToCrop`): pad right/bottom to the crop (label
+   `data.ignore_index`, never a class) and record the real area's size in `valid`;
 5. batches of `train.batch_size` (an incomplete last batch is dropped).
+
+Normalization with `model.mean`/`model.std`, zeroing the image padding (0 in normalized space,
+as mmseg pads after Normalize), HWC -> CHW and the int32 label are done by the train step's
+graph (`train.normalize.NormalizeBatch`): the pipeline ships uint8.
 
 Determinism: the same config, epoch_seed and rank give the same batches from a freshly built
 dataset. The data order and the flip come from MindSpore's dataset seed, which
@@ -33,7 +36,7 @@ import mindspore.dataset.vision as vision
 import numpy as np
 
 from configs.schema import Config, ConfigError
-from mindrecords.augment import NormalizePad, Photometric, ScaleCropPhotometric
+from mindrecords.augment import PadToCrop, Photometric, ScaleCropPhotometric
 from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
 
 
@@ -132,15 +135,17 @@ def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0,
                     output_columns=["image", "label"], num_parallel_workers=workers)
     data = data.map(vision.RandomHorizontalFlip(cfg.data.flip_prob), input_columns=["image", "label"],
                     num_parallel_workers=workers)
-    data = data.map(NormalizePad(crop, cfg.model.mean, cfg.model.std, cfg.data.ignore_index),
-                    input_columns=["image", "label"], num_parallel_workers=workers)
-    data = data.project(["image", "label"])
+    data = data.map(PadToCrop(crop, cfg.data.ignore_index), input_columns=["image", "label"],
+                    output_columns=["image", "label", "valid"], num_parallel_workers=workers)
+    data = data.project(["image", "label", "valid"])
     return data.batch(batch, drop_remainder=True)
 
 
 def train_dataset(cfg: Config, data_root, rank: int = 0, group_size: int = 1,
                   epoch_seed: int | None = None) -> ds.Dataset:
-    """Batches of `image` float32 (B,3,crop,crop) normalized and `label` int32 (B,crop,crop).
+    """Batches of `image` uint8 (B,crop,crop,3) RGB, `label` uint8 (B,crop,crop) trainIds and
+    `valid` int32 (B,2): the (height, width) of each sample's real pixels, the rest is padding
+    (image 0, label `data.ignore_index`). `train.normalize.NormalizeBatch` makes the network input.
 
     Reads `data_root/{cfg.data.train_split}`; rank `rank` of `group_size` gets its own
     disjoint share. Raises `MindRecordError` (naming the split dir) if the split is missing or
@@ -152,18 +157,14 @@ def train_dataset(cfg: Config, data_root, rank: int = 0, group_size: int = 1,
     return build_train_dataset(cfg, files, n_samples, rank, group_size, epoch_seed)
 
 
-def overlay(image_chw: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
-    """One augmented sample as an RGB panel: [de-normalized image | 50% blend with the label colours].
+def overlay(image: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
+    """One augmented sample as an RGB panel: [image | 50% blend with the label colours].
 
     Void and padding pixels (`data.ignore_index`) are blended with a black/white checkerboard,
-    which no class colour resembles.
+    which no class colour resembles; the image padding is black.
     """
     from prep.labels import colorize
 
-    mean = np.asarray(cfg.model.mean, np.float32)
-    std = np.asarray(cfg.model.std, np.float32)
-    image = np.clip(np.rint(image_chw.transpose(1, 2, 0) * std + mean), 0, 255).astype(np.uint8)
-    label = label.astype(np.uint8)
     yy, xx = np.indices(label.shape)
     checker = np.where(((yy // 8 + xx // 8) % 2 == 0)[..., None], 255, 0).astype(np.uint8)
     colours = np.where((label == cfg.data.ignore_index)[..., None], checker, colorize(label))
@@ -186,7 +187,7 @@ def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for image, label in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
+    for image, label, _ in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
         path = out / f"sample_{len(written):03d}.png"
         tmp = path.with_name(f".{path.name}.tmp.png")
         if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay(image[0], label[0], cfg), cv2.COLOR_RGB2BGR)):

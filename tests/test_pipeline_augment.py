@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mindrecords.augment import (AxisGrid, NormalizePad, Photometric, ScaleCropPhotometric, axis_grid, crop_passes,
+from mindrecords.augment import (AxisGrid, PadToCrop, Photometric, ScaleCropPhotometric, axis_grid, crop_passes,
                                  decode_label, rescale_size, resize_crop)
 
 
@@ -236,16 +236,17 @@ def test_image_and_label_size_mismatch_is_an_error():
         _op()(image, _png(label[:32]), 0)
 
 
-def test_normalize_pad_matches_the_formula_and_pads_with_0_and_ignore():
+def test_pad_to_crop_pads_with_0_and_ignore_and_records_the_valid_size():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
     label = rng.integers(0, 19, (5, 7), dtype=np.uint8)
-    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-    out, padded = NormalizePad(9, mean, std, 255)(image, label)
-    assert out.shape == (3, 9, 9) and out.dtype == np.float32
-    assert padded.shape == (9, 9) and padded.dtype == np.int32
-    want = (image.astype(np.float64) - mean) / std
-    assert np.allclose(out[:, :5, :7], want.transpose(2, 0, 1), atol=1e-5)
-    assert (out[:, 5:] == 0).all() and (out[:, :, 7:] == 0).all()
-    assert np.array_equal(padded[:5, :7], label)
+    out, padded, valid = PadToCrop(9, 255)(image, label)
+    assert out.shape == (9, 9, 3) and out.dtype == np.uint8
+    assert padded.shape == (9, 9) and padded.dtype == np.uint8
+    assert list(valid) == [5, 7] and valid.dtype == np.int32
+    assert np.array_equal(out[:5, :7], image) and np.array_equal(padded[:5, :7], label)
+    assert (out[5:] == 0).all() and (out[:, 7:] == 0).all()
     assert (padded[5:] == 255).all() and (padded[:, 7:] == 255).all()
+    full = rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)
+    same = PadToCrop(9, 255)(full, label[:1, :1].repeat(9, 0).repeat(9, 1))
+    assert same[0] is full and list(same[2]) == [9, 9]

@@ -39,12 +39,17 @@ def _batches(cfg, files, n, **kw):
 
 
 def _samples(batches):
-    return [(image, label) for images, labels in batches for image, label in zip(images, labels)]
+    return [sample for batch in batches for sample in zip(*batch)]
 
 
-def _denormalize(image_chw, cfg):
-    mean, std = np.array(cfg.model.mean), np.array(cfg.model.std)
-    return np.clip(np.rint(image_chw.transpose(1, 2, 0) * std + mean), 0, 255).astype(np.uint8)
+def _network_input(image, valid, cfg):
+    """What the train step's graph makes of one pipeline sample (train.normalize.NormalizeBatch)."""
+    import mindspore as ms
+
+    from train.normalize import NormalizeBatch
+
+    out = NormalizeBatch(cfg.model.mean, cfg.model.std)(ms.Tensor(image[None]), ms.Tensor(valid[None]))
+    return out.asnumpy()[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +61,20 @@ def coded_files(tmp_path_factory):
 def test_batches_have_the_documented_shapes_and_types(coded_files):
     batches = _batches(_cfg(), coded_files, 8)
     assert len(batches) == 4
-    images, labels = batches[0]
-    assert images.shape == (2, 3, CROP, CROP) and images.dtype == np.float32
-    assert labels.shape == (2, CROP, CROP) and labels.dtype == np.int32
+    images, labels, valid = batches[0]
+    assert images.shape == (2, CROP, CROP, 3) and images.dtype == np.uint8
+    assert labels.shape == (2, CROP, CROP) and labels.dtype == np.uint8
+    assert valid.shape == (2, 2) and valid.dtype == np.int32
 
 
 def test_label_matches_image_after_every_random_op(coded_files):
     cfg = _cfg(ratio_range=[0.5, 2.0])
     cfg.data.photometric.enabled = False  # colours must stay decodable; photometric is tested on its own
     checked = 0
-    for image, label in _samples(_batches(cfg, coded_files, 8)):
-        label = label.astype(np.uint8)
-        valid = (label != 255) | (np.abs(image).sum(0) > 0)  # padding: label 255 and image exactly 0
-        inner = _interior(label) & valid
-        decoded = _decode_colours(_denormalize(image, cfg))
+    for image, label, (h, w) in _samples(_batches(cfg, coded_files, 8)):
+        inner = _interior(label)
+        inner[h:], inner[:, w:] = False, False
+        decoded = _decode_colours(image)
         assert (decoded[inner] == label[inner]).mean() > 0.99
         checked += inner.sum()
     assert checked > 2000
@@ -82,13 +87,12 @@ def test_flip_moves_image_and_label_together(tmp_path):
     cfg = _cfg(ratio_range=[1.0, 1.0], cat_max_ratio=1.0)
     cfg.data.photometric.enabled = False
     orientations = []
-    for image, label_out in _samples(_batches(cfg, files, 16)):
-        label_out = label_out.astype(np.uint8)
+    for image, label_out, _ in _samples(_batches(cfg, files, 16)):
         steps = np.sign(np.diff(label_out[0].astype(int)))
         assert len(set(steps[steps != 0])) == 1  # monotonic across the crop
         orientations.append(steps[steps != 0][0])
         inner = _interior(label_out)
-        assert (_decode_colours(_denormalize(image, cfg))[inner] == label_out[inner]).all()
+        assert (_decode_colours(image)[inner] == label_out[inner]).all()
     assert set(orientations) == {-1, 1}
 
 
@@ -98,16 +102,20 @@ def test_padding_is_zero_in_normalized_image_and_ignore_in_label(tmp_path):
     files = _write_shards(tmp_path / "nopad.mindrecord", pairs)
     cfg = _cfg(ratio_range=[0.5, 1.0])
     padded = 0
-    for image, label in _samples(_batches(cfg, files, 8)):
+    for image, label, valid in _samples(_batches(cfg, files, 8)):
         rows = np.flatnonzero((label != 255).any(1))
         cols = np.flatnonzero((label != 255).any(0))
         h, w = rows.max() + 1, cols.max() + 1
         # The valid area is the top-left rectangle of the scaled size (ratio 0.5..1.0 of 64 rows).
         assert 32 <= h <= CROP and w == CROP
+        assert list(valid) == [h, w]
         assert (label[:h, :w] != 255).all() and (label[h:] == 255).all()
-        assert (image[:, h:] == 0.0).all()
+        net_in = _network_input(image, valid, cfg)
+        assert net_in.shape == (3, CROP, CROP) and net_in.dtype == np.float32
+        assert (net_in[:, h:] == 0.0).all()
         # Normalized image values from uint8 with mean 127.5 are never exactly 0.
-        assert (image[:, :h] != 0.0).all()
+        assert (net_in[:, :h] != 0.0).all()
+        assert np.allclose(net_in[:, :h].transpose(1, 2, 0), (image[:h].astype(np.float64) - 127.5) / 127.5, atol=1e-6)
         padded += h < CROP
     assert padded > 0
 
@@ -133,7 +141,7 @@ def test_ranks_see_disjoint_equal_shares(tmp_path):
     cfg.train.batch_size = 1
     seen = []
     for rank in range(2):
-        ids = [int(label[0, 0]) for _, label in _samples(_batches(cfg, files, 9, rank=rank, group_size=2))]
+        ids = [int(label[0, 0]) for _, label, _ in _samples(_batches(cfg, files, 9, rank=rank, group_size=2))]
         assert len(ids) == len(set(ids)) == 4  # floor(9 / 2): equal step counts on every rank
         seen.append(set(ids))
     assert not seen[0] & seen[1]

@@ -36,9 +36,10 @@ def _cfg(batch=2) -> Config:
 def test_train_dataset_reads_the_built_split(built):
     batches = list(train_dataset(_cfg(), built).create_tuple_iterator(output_numpy=True, num_epochs=1))
     assert len(batches) == 3
-    for images, labels in batches:
-        assert images.shape == (2, 3, CROP, CROP) and images.dtype == np.float32
-        assert labels.shape == (2, CROP, CROP) and labels.dtype == np.int32
+    for images, labels, valid in batches:
+        assert images.shape == (2, CROP, CROP, 3) and images.dtype == np.uint8
+        assert labels.shape == (2, CROP, CROP) and labels.dtype == np.uint8
+        assert (valid == CROP).all()  # 64x128 frames scaled by 0.5..2.0 always cover a 32 crop
         assert set(np.unique(labels)) <= set(range(19)) | {255}
     # Each of 2 ranks gets 3 of the 6 samples: one batch of 2.
     assert train_dataset(_cfg(), built, rank=1, group_size=2).get_dataset_size() == 1
@@ -58,10 +59,10 @@ def test_missing_split_names_the_folder(built):
 
 def test_overlay_blends_classes_and_marks_ignore():
     cfg = Config()
-    label = np.zeros((16, 16), np.int32)
+    label = np.zeros((16, 16), np.uint8)
     label[:, 8:] = 255
     label[:4, :8] = 13
-    image = np.full((3, 16, 16), 0.2, np.float32)  # normalized; raw value 153 with mean = std = 127.5
+    image = np.full((16, 16, 3), 153, np.uint8)
     panel = overlay(image, label, cfg)
     raw = np.full((16, 16, 3), 153, np.uint8)
     assert panel.shape == (16, 32, 3)

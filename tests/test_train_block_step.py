@@ -11,6 +11,7 @@ from configs.schema import Config, ConfigError, apply_overrides  # noqa: E402
 from model.segmenter import build_segmenter  # noqa: E402
 from train.block_step import PerBlockTrainStep  # noqa: E402
 from train.loss import NetWithLoss, SegCrossEntropy  # noqa: E402
+from train.normalize import NormalizeBatch  # noqa: E402
 from train.optim import build_optimizer  # noqa: E402
 from train.step import build_loss_scaler, build_train_step, lr_tensor  # noqa: E402
 
@@ -28,39 +29,48 @@ def _cfg(*sets):
 
 
 def _batch(size=(40, 36)):
+    """A pipeline batch (uint8 image, uint8 label, valid); sample 1 is padded below row 30."""
     rng = np.random.default_rng(3)
-    image = rng.normal(size=(2, 3, *size)).astype(np.float32)
-    label = rng.integers(0, 19, size=(2, *size)).astype(np.int32)
+    image = rng.integers(0, 256, size=(2, *size, 3)).astype(np.uint8)
+    label = rng.integers(0, 19, size=(2, *size)).astype(np.uint8)
     label[:, :4] = 255
-    return Tensor(image), Tensor(label)
+    label[1, 30:] = 255
+    valid = np.array([list(size), [30, size[1]]], np.int32)
+    return Tensor(image), Tensor(label), Tensor(valid)
+
+
+def _normalize(cfg):
+    return NormalizeBatch(cfg.model.mean, cfg.model.std)
 
 
 def _per_block(cfg):
     ms.set_seed(0)
     net = build_segmenter(cfg.model)
     opt = build_optimizer(net, cfg.train.optimizer)
-    step = PerBlockTrainStep(net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train), 0.0, seed=cfg.seed)
+    step = PerBlockTrainStep(net, SegCrossEntropy(255), _normalize(cfg), opt, build_loss_scaler(cfg.train), 0.0,
+                             seed=cfg.seed)
     return net, opt, step.set_train()
 
 
 class _GradWithKeeps(nn.Cell):
     """Reference: the whole network in ONE graph, blocks given explicit drop-path masks."""
 
-    def __init__(self, net, weights):
+    def __init__(self, net, normalize, weights):
         super().__init__(auto_prefix=False)
         self.net = net
+        self.normalize = normalize
         self.loss = SegCrossEntropy(255)
         self.weights = weights
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
 
-    def forward(self, image, label, keeps):
-        x = self.net.encoder.embed(self.net.pad(image))
+    def forward(self, image, label, valid, keeps):
+        x = self.net.encoder.embed(self.net.pad(self.normalize(image, valid)))
         for i in range(len(self.net.encoder.blocks)):
             x = self.net.encoder.blocks[i](x, keeps[i])
-        return self.loss(self.net.head(x, label.shape[1], label.shape[2]), label)
+        return self.loss(self.net.head(x, label.shape[1], label.shape[2]), label.astype(ms.int32))
 
-    def construct(self, image, label, keeps, sens):
-        return self.grad(self.forward, self.weights)(image, label, keeps, sens)
+    def construct(self, image, label, valid, keeps, sens):
+        return self.grad(self.forward, self.weights)(image, label, valid, keeps, sens)
 
 
 def _close(got, want, names):
@@ -72,28 +82,27 @@ def _close(got, want, names):
 def test_gradients_equal_the_whole_graph_without_drop_path():
     cfg = _cfg("model.drop_path_rate=0.0")
     net, opt, step = _per_block(cfg)
-    image, label = _batch()  # 40x36: not a multiple of the patch, so padding and cropping are on the path
-    loss, grads, scale = step.gradients(image, label, step=0)
-    whole = ops.GradOperation(get_by_list=True, sens_param=True)(NetWithLoss(net, SegCrossEntropy(255)),
-                                                                  opt.parameters)
-    want = whole(image, label, Tensor(SCALE, ms.float32))
+    batch = _batch()  # 40x36: not a multiple of the patch, so padding and cropping are on the path
+    loss, grads, scale = step.gradients(*batch, step=0)
+    net_loss = NetWithLoss(net, SegCrossEntropy(255), _normalize(cfg))
+    want = ops.GradOperation(get_by_list=True, sens_param=True)(net_loss, opt.parameters)(
+        *batch, Tensor(SCALE, ms.float32))
     names = [p.name for p in opt.parameters]
     assert len(grads) == len(want) == len(names)
     _close(grads, want, names)
-    assert float(loss.asnumpy()) == pytest.approx(float(NetWithLoss(net, SegCrossEntropy(255))(image, label).asnumpy()),
-                                                  rel=1e-6)
+    assert float(loss.asnumpy()) == pytest.approx(float(net_loss(*batch).asnumpy()), rel=1e-6)
     assert float(scale.asnumpy()) == SCALE
 
 
 def test_gradients_with_drop_path_use_one_mask_for_both_passes():
     cfg = _cfg("model.drop_path_rate=0.6")
     net, opt, step = _per_block(cfg)
-    image, label = _batch((32, 32))
+    batch = _batch((32, 32))
     keeps = step.keep_masks(2, 5)
     # With rate 0.6 on the last block some branch of some sample is dropped in this draw.
     assert any((k.asnumpy() == 0).any() for k in keeps)
-    _, grads, _ = step.gradients(image, label, step=5)
-    want = _GradWithKeeps(net, opt.parameters)(image, label, tuple(keeps), Tensor(SCALE, ms.float32))
+    _, grads, _ = step.gradients(*batch, step=5)
+    want = _GradWithKeeps(net, _normalize(cfg), opt.parameters)(*batch, tuple(keeps), Tensor(SCALE, ms.float32))
     _close(grads, want, [p.name for p in opt.parameters])
 
 
@@ -112,7 +121,7 @@ def test_keep_masks_are_seeded_by_seed_rank_and_step():
 
 
 def test_per_block_step_trains_and_matches_the_whole_step_update():
-    image, label = _batch((32, 32))
+    batch = _batch((32, 32))
     cfg = _cfg("model.drop_path_rate=0.0", "train.clip_grad_norm=1.0")
     results = {}
     for mode in ("per_block", "whole"):
@@ -121,7 +130,7 @@ def test_per_block_step_trains_and_matches_the_whole_step_update():
         net = build_segmenter(cfg.model)
         opt = build_optimizer(net, cfg.train.optimizer)
         fn = build_train_step(cfg, net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train))
-        losses = [float(fn(image, label, lr_tensor(0.05), s)[0].asnumpy()) for s in range(4)]
+        losses = [float(fn(*batch, lr_tensor(0.05), s)[0].asnumpy()) for s in range(4)]
         results[mode] = (losses, {p.name: p.asnumpy() for p in net.trainable_params()})
     (lb, wb), (lw, ww) = results["per_block"], results["whole"]
     assert lb[-1] < lb[0]

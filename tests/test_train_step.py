@@ -13,6 +13,7 @@ from configs.schema import Config, ScheduleConfig, apply_overrides  # noqa: E402
 from train.loss import NetWithLoss, SegCrossEntropy  # noqa: E402
 from train.optim import build_optimizer, optimizer_state, param_groups  # noqa: E402
 from train.schedule import lr_at  # noqa: E402
+from train.normalize import NormalizeBatch  # noqa: E402
 from train.step import TrainStep, apply_amp, build_loss_scaler, lr_tensor  # noqa: E402
 
 ms.set_device("CPU")
@@ -37,12 +38,13 @@ class TinySeg(nn.Cell):
 
 
 def _batch(seed=0, n_cls=5, size=16):
+    """A pipeline batch: uint8 (B,H,W,3) image, uint8 label, valid sizes (here the whole crop)."""
     rng = np.random.default_rng(seed)
-    label = rng.integers(0, n_cls, size=(2, size, size)).astype(np.int32)
+    label = rng.integers(0, n_cls, size=(2, size, size)).astype(np.uint8)
     label[:, :3] = 255
     # Image carries the label so the task is learnable.
-    image = np.stack([label % 7 / 3.0, (label == 1) * 1.0, rng.normal(size=label.shape) * 0.1], 1)
-    return Tensor(image.astype(np.float32)), Tensor(label)
+    image = np.stack([label % 7 * 36, (label == 1) * 255, rng.integers(120, 136, label.shape)], -1)
+    return Tensor(image.astype(np.uint8)), Tensor(label), Tensor(np.full((2, 2), size, np.int32))
 
 
 def _step(cfg_sets=(), net=None):
@@ -51,11 +53,12 @@ def _step(cfg_sets=(), net=None):
     net = net or TinySeg()
     net = apply_amp(net, cfg.train.amp_level)
     opt = build_optimizer(net, cfg.train.optimizer)
-    step = TrainStep(NetWithLoss(net, SegCrossEntropy(255)), opt, build_loss_scaler(cfg.train),
+    normalize = NormalizeBatch(cfg.model.mean, cfg.model.std)
+    step = TrainStep(NetWithLoss(net, SegCrossEntropy(255), normalize), opt, build_loss_scaler(cfg.train),
                      cfg.train.clip_grad_norm)
     step.set_train()
     lr = lr_tensor(cfg.train.optimizer.lr)
-    return net, opt, lambda image, label, lr=lr: step(image, label, lr)
+    return net, opt, lambda batch, lr=lr: step(*batch, lr)
 
 
 def test_cross_entropy_matches_numpy_and_ignores_255():
@@ -97,24 +100,24 @@ def test_schedules_match_closed_forms(name):
 ])
 def test_few_steps_reduce_loss(sets):
     net, opt, step = _step(["train.optimizer.lr=0.1"] + sets)
-    image, label = _batch()
+    batch = _batch()
     losses = []
     for _ in range(15):
-        loss, finite, _ = step(image, label)
+        loss, finite, _ = step(batch)
         assert bool(finite.asnumpy())
         losses.append(float(loss.asnumpy()))
     assert losses[-1] < 0.7 * losses[0], losses
 
 
 def test_overflow_step_is_skipped_and_scale_lowered():
-    # A loss scale near the float32 maximum and a huge input (LayerNorm keeps the forward
-    # finite) make the scaled conv-weight gradients overflow.
-    net, opt, step = _step(["train.loss_scale.init_scale=3.0e+38", "train.optimizer.lr=0.1"])
-    image, label = _batch()
-    image = image * 1e6
+    # A loss scale near the float32 maximum and a huge normalized input (std 1e-4; LayerNorm
+    # keeps the forward finite) make the scaled conv-weight gradients overflow.
+    net, opt, step = _step(["train.loss_scale.init_scale=3.0e+38", "train.optimizer.lr=0.1",
+                            "model.std=[1.0e-4, 1.0e-4, 1.0e-4]"])
+    batch = _batch()
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
     moments_before = {k: p.asnumpy().copy() for k, p in optimizer_state(opt, net).items()}
-    loss, finite, scale = step(image, label)
+    loss, finite, scale = step(batch)
     assert not bool(finite.asnumpy())
     assert float(scale.asnumpy()) == pytest.approx(3.0e38)
     for p in net.trainable_params():
@@ -124,7 +127,7 @@ def test_overflow_step_is_skipped_and_scale_lowered():
     # Scale keeps falling (halving) until the gradients fit; then updates resume.
     scales = []
     for _ in range(40):
-        _, finite, scale = step(image, label)
+        _, finite, scale = step(batch)
         scales.append(float(scale.asnumpy()))
         if bool(finite.asnumpy()):
             break
@@ -139,9 +142,9 @@ def test_gradients_clipped_to_global_norm():
     clip = 1e-3
     net, opt, step = _step(["train.optimizer.lr=1.0", "train.optimizer.momentum=0.0",
                             f"train.clip_grad_norm={clip}", "train.loss_scale.init_scale=1.0"])
-    image, label = _batch()
+    batch = _batch()
     before = [p.asnumpy().copy() for p in net.trainable_params()]
-    step(image, label)
+    step(batch)
     delta = [p.asnumpy() - b for p, b in zip(net.trainable_params(), before)]
     norm = math.sqrt(sum(float((d.astype(np.float64) ** 2).sum()) for d in delta))
     assert norm == pytest.approx(clip, rel=1e-3)
@@ -149,12 +152,12 @@ def test_gradients_clipped_to_global_norm():
 
 def test_learning_rate_parameter_drives_the_update():
     net, opt, step = _step(["train.optimizer.momentum=0.0"])
-    image, label = _batch()
+    batch = _batch()
     before = [p.asnumpy().copy() for p in net.trainable_params()]
-    step(image, label, lr_tensor(0.0))
+    step(batch, lr_tensor(0.0))
     for p, b in zip(net.trainable_params(), before):
         np.testing.assert_array_equal(p.asnumpy(), b)
-    step(image, label, lr_tensor(0.5))
+    step(batch, lr_tensor(0.5))
     assert any(not np.array_equal(p.asnumpy(), b) for p, b in zip(net.trainable_params(), before))
 
 
@@ -163,3 +166,16 @@ def test_weight_decay_skips_bias_norm_and_embeddings():
     decayed = {p.name for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {"conv.weight", "dense.weight", "head.weight"}
 
+
+
+def test_normalize_batch_is_the_formula_with_zero_padding():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (2, 6, 5, 3), dtype=np.uint8)
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    valid = np.array([[6, 5], [4, 3]], np.int32)
+    out = NormalizeBatch(mean, std)(Tensor(image), Tensor(valid)).asnumpy()
+    assert out.shape == (2, 3, 6, 5) and out.dtype == np.float32
+    want = ((image.astype(np.float64) - mean) / std).transpose(0, 3, 1, 2)
+    assert np.allclose(out[0], want[0], atol=1e-5)
+    assert np.allclose(out[1, :, :4, :3], want[1, :, :4, :3], atol=1e-5)
+    assert (out[1, :, 4:] == 0).all() and (out[1, :, :, 3:] == 0).all()

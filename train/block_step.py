@@ -9,7 +9,7 @@ compiled blocks hold twelve times that.) Here every encoder block runs through t
 compiled graphs (forward, and recompute + vjp) of one template block whose Parameters are
 pointed at block i's weights before it runs; the host runs
 
-    stem graph      image -> x0                                   (forward only)
+    stem graph      uint8 batch -> normalize -> x0                (forward only)
     block graphs    x_i = block_i(x_{i-1}), keeping only each x_i  (forward only)
     head graph      loss and d(loss * scale) / d(x_12, head weights)
     block graphs    for i = 12..1: recompute block_i from x_{i-1}, vjp -> d x_{i-1}, d weights
@@ -31,12 +31,13 @@ from train.step import ApplyGradients, apply_amp
 
 
 class _Stem(nn.Cell):
-    def __init__(self, net):
+    def __init__(self, net, normalize):
         super().__init__(auto_prefix=False)
         self.net = net
+        self.normalize = normalize
 
-    def construct(self, im):
-        return self.net.encoder.embed(self.net.pad(im))
+    def construct(self, image, valid):
+        return self.net.encoder.embed(self.net.pad(self.normalize(image, valid)))
 
 
 class _StemGrad(nn.Cell):
@@ -46,8 +47,8 @@ class _StemGrad(nn.Cell):
         self.weights = ParameterTuple(weights)
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
 
-    def construct(self, im, sens):
-        return self.grad(self.stem, self.weights)(im, sens)
+    def construct(self, image, valid, sens):
+        return self.grad(self.stem, self.weights)(image, valid, sens)
 
 
 class _ScaledHeadLoss(nn.Cell):
@@ -59,7 +60,7 @@ class _ScaledHeadLoss(nn.Cell):
         self.loss = loss
 
     def construct(self, x, label, scale):
-        return self.loss(self.net.head(x, label.shape[1], label.shape[2]), label) * scale
+        return self.loss(self.net.head(x, label.shape[1], label.shape[2]), label.astype(ms.int32)) * scale
 
 
 class _HeadGrad(nn.Cell):
@@ -90,9 +91,9 @@ def _stem_param(name: str) -> bool:
 
 
 class PerBlockTrainStep:
-    """Same contract as `train.step.TrainStep`: `(image, label, lr, step) -> (loss, finite, scale)`."""
+    """`(image, label, valid, lr, step) -> (loss, finite, scale)`, as `train.step.build_train_step`."""
 
-    def __init__(self, net, loss: nn.Cell, optimizer: nn.Optimizer, scaler, clip_norm: float,
+    def __init__(self, net, loss: nn.Cell, normalize: nn.Cell, optimizer: nn.Optimizer, scaler, clip_norm: float,
                  grad_reducer: nn.Cell | None = None, seed: int = 0, rank: int = 0, amp_level: str = "O0"):
         self.net = net
         self.scaler = scaler
@@ -111,7 +112,7 @@ class PerBlockTrainStep:
         # Same precision as the network's blocks (apply_amp has already run on `net`).
         self.template = apply_amp(Block(**blocks[0].hparams), amp_level)
         self.template_weights = list(self.template.get_parameters())
-        self.stem = _Stem(net)
+        self.stem = _Stem(net, normalize)
         self.stem_grad = _StemGrad(self.stem, stem_w)
         self.head_grad = _HeadGrad(_ScaledHeadLoss(net, loss), head_w)
         self.block_grad = _BlockGrad(self.template)
@@ -138,11 +139,11 @@ class PerBlockTrainStep:
         for dst, src in zip(self.template_weights, self.block_weights[i]):
             dst.set_data(src.value())
 
-    def gradients(self, image, label, step: int):
+    def gradients(self, image, label, valid, step: int):
         """(loss, scaled gradients in the optimizer's parameter order, scale used)."""
         scale = self.scaler.scale_value * 1.0
         keeps = self.keep_masks(image.shape[0], step)
-        xs = [self.stem(image)]
+        xs = [self.stem(image, valid)]
         for i, keep in enumerate(keeps):
             self._point_template_at(i)
             xs.append(self.template(xs[-1], keep))
@@ -153,11 +154,11 @@ class PerBlockTrainStep:
             # xs[i] is block i's input; dropping it once used keeps memory flat.
             g, block_g = self.block_grad(xs.pop(), keeps[i], g)
             grads.update(zip((p.name for p in self.block_weights[i]), block_g))
-        grads.update(zip((p.name for p in self.stem_grad.weights), self.stem_grad(image, g)))
+        grads.update(zip((p.name for p in self.stem_grad.weights), self.stem_grad(image, valid, g)))
         return scaled_loss / scale, tuple(grads[name] for name in self.order), scale
 
-    def __call__(self, image, label, lr, step: int):
-        loss, grads, scale = self.gradients(image, label, step)
+    def __call__(self, image, label, valid, lr, step: int):
+        loss, grads, scale = self.gradients(image, label, valid, step)
         # mutable: a host tuple of Tensors is otherwise a compile-time constant (recompiled every step).
         finite, _ = self.apply_grads(ms.mutable(grads), lr)
         return loss, finite, scale

@@ -277,14 +277,14 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
         data = train_dataset(cfg, data_root, rank, group_size, epoch_seed=epoch)
         batches = _read_batches(data, data_root, cfg.data.train_split, epoch)
         epoch_start = step
-        for index, (image, label) in enumerate(batches):
+        for index, (image, label, valid) in enumerate(batches):
             if index < skip:
                 continue  # consumed before the interruption: same augmentation stream, not trained again
             if step >= total:
                 break
             lr = lr_at(step, total, t.optimizer.lr, t.schedule)
             t0 = time.perf_counter()
-            loss_t, finite_t, scale_t = step_fn(image, label, lr_tensor(lr), step)
+            loss_t, finite_t, scale_t = step_fn(image, label, valid, lr_tensor(lr), step)
             loss, finite, scale = float(loss_t.asnumpy()), bool(finite_t.asnumpy()), float(scale_t.asnumpy())
             dt = time.perf_counter() - t0
             step += 1

@@ -27,12 +27,14 @@ class SegCrossEntropy(nn.Cell):
 
 
 class NetWithLoss(nn.Cell):
-    """net(image) -> logits -> loss; parameter names stay the net's own (no prefix)."""
+    """(uint8 batch, label, valid) -> normalize -> net -> logits -> loss; parameter names stay
+    the net's own (no prefix)."""
 
-    def __init__(self, net: nn.Cell, loss: nn.Cell):
+    def __init__(self, net: nn.Cell, loss: nn.Cell, normalize: nn.Cell):
         super().__init__(auto_prefix=False)
         self.net = net
         self.loss = loss
+        self.normalize = normalize
 
-    def construct(self, image, label):
-        return self.loss(self.net(image), label)
+    def construct(self, image, label, valid):
+        return self.loss(self.net(self.normalize(image, valid)), label.astype(ms.int32))

@@ -100,7 +100,8 @@ class ApplyGradients(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """One optimization step at learning rate `lr` (a float32 scalar Tensor), one graph.
+    """One optimization step at learning rate `lr` (a float32 scalar Tensor), one graph, on a
+    pipeline batch (uint8 image, label, valid); see `train.loss.NetWithLoss`.
 
     Returns (loss, grads_finite, loss_scale_used).
     """
@@ -114,11 +115,11 @@ class TrainStep(nn.Cell):
         self.scaler = scaler
         self.apply_grads = ApplyGradients(optimizer, scaler, clip_norm, grad_reducer)
 
-    def construct(self, image, label, lr):
-        loss = self.net_with_loss(image, label)
+    def construct(self, image, label, valid, lr):
+        loss = self.net_with_loss(image, label, valid)
         # The sensitivity (d loss) is the loss scale: gradients come out scaled without a
         # second forward pass.
-        grads = self.grad(self.net_with_loss, self.weights)(image, label,
+        grads = self.grad(self.net_with_loss, self.weights)(image, label, valid,
                                                             self.scaler.scale_value.astype(loss.dtype))
         finite, scale = self.apply_grads(grads, lr)
         return loss, finite, scale
@@ -126,19 +127,23 @@ class TrainStep(nn.Cell):
 
 def build_train_step(cfg, net: nn.Cell, loss: nn.Cell, optimizer: nn.Optimizer, scaler,
                      grad_reducer: nn.Cell | None = None, rank: int = 0):
-    """The configured step as `fn(image, label, lr, step) -> (loss, finite, scale)`, in train mode.
+    """The configured step as `fn(image, label, valid, lr, step) -> (loss, finite, scale)` on
+    `mindrecords.train_pipeline` batches, in train mode.
 
     `train.step_graph`: `whole` is `TrainStep`; `per_block` is `train.block_step.PerBlockTrainStep`.
     """
+    from train.normalize import NormalizeBatch
+
     t = cfg.train
+    normalize = NormalizeBatch(cfg.model.mean, cfg.model.std)
     if t.step_graph == "per_block":
         from train.block_step import PerBlockTrainStep
 
-        return PerBlockTrainStep(net, loss, optimizer, scaler, t.clip_grad_norm, grad_reducer,
+        return PerBlockTrainStep(net, loss, normalize, optimizer, scaler, t.clip_grad_norm, grad_reducer,
                                  seed=cfg.seed, rank=rank, amp_level=t.amp_level).set_train()
-    whole = TrainStep(NetWithLoss(net, loss), optimizer, scaler, t.clip_grad_norm, grad_reducer)
+    whole = TrainStep(NetWithLoss(net, loss, normalize), optimizer, scaler, t.clip_grad_norm, grad_reducer)
     whole.set_train()
-    return lambda image, label, lr, step: whole(image, label, lr)
+    return lambda image, label, valid, lr, step: whole(image, label, valid, lr)
 
 
 def lr_tensor(lr: float) -> ms.Tensor:
