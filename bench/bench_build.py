@@ -1,6 +1,6 @@
 """Build throughput on full-size (1024x2048) frames, side by side with two baselines.
 
-    .venv/bin/python bench/bench_build.py [--images 128,512] [--distinct 128] [--workers 2] [--shard-size 8]
+    .venv/bin/python bench/bench_build.py [--images 128,512] [--distinct 128] [--workers 2] [--shard-size 64]
         [--data DIR]
 
 Sets larger than --distinct generated frames repeat them under other sequence numbers (hard
@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--images", default="128,512", help="comma-separated set sizes")
     ap.add_argument("--distinct", type=int, default=128, help="distinct frames to generate")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--shard-size", type=int, default=8)
+    ap.add_argument("--shard-size", type=int, default=64, help="samples per shard (the CLI default)")
     ap.add_argument("--data", default=str(REPO / "bench_out" / "build"), help="where frames and outputs go")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
