@@ -7,11 +7,14 @@ Sets larger than --distinct generated frames repeat them under other sequence nu
 links), so a Cityscapes-sized run does not need gigabytes of generated frames; every mode reads
 the same bytes from the page cache.
 
-For each set size, three fresh processes run on the same files (page cache warmed first):
+For each set size, four fresh processes run on the same files (page cache warmed first):
   floor   read every source file and decode each image and label once with cv2, on the same
           number of joblib workers: the physical minimum of any exact, validating build;
   build   `prep.build.build` (what `build-mindrecord` runs);
-  single  the usual approach: one process converts sample by sample into one MindRecord file.
+  single  the usual approach: one process converts sample by sample (the build's own conversion
+          and checks) into one MindRecord file;
+  single_malloc  the same with the build workers' malloc setting (`reuse_freed_memory`), to show
+          how much of the build's lead over `single` is that setting rather than parallelism.
 Each reports wall seconds (process pool start and imports included), CPU time per image (all
 its processes: a contention-proof view when the machine is shared) and peak RSS of its largest
 process; the build's peak is over its workers. Peak memory must not grow with the set.
@@ -50,6 +53,9 @@ def _floor_task(root: str, pairs) -> int:
     return len(pairs)
 
 
+MODES = ("floor", "build", "single", "single_malloc")
+
+
 def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) -> dict:
     from prep.discover import discover_split
 
@@ -65,11 +71,15 @@ def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) ->
         from prep.build import build
 
         build(root, out, ["train"], workers=workers, shard_size=shard_size, echo=lambda *_: None)
-    elif mode == "single":
+    elif mode in ("single", "single_malloc"):
         from mindspore.mindrecord import FileWriter
 
         from mindrecords.schema import INDEX_FIELDS, SCHEMA, SCHEMA_DESC
+        from prep.build import reuse_freed_memory
         from prep.convert import convert
+
+        if mode == "single_malloc":
+            reuse_freed_memory()
 
         out.mkdir(parents=True)
         writer = FileWriter(str(out / "train.mindrecord"), shard_num=1, overwrite=True)
@@ -79,7 +89,7 @@ def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) ->
             writer.write_raw_data([convert(root, sample, "png")[0]])
         writer.commit()
     seconds = time.perf_counter() - start
-    if mode != "single":
+    if mode in ("floor", "build"):
         from joblib.externals.loky import get_reusable_executor
 
         get_reusable_executor().shutdown(wait=True)  # reap the workers so their peak RSS is counted
@@ -143,7 +153,7 @@ def main() -> None:
         for p in root.rglob("*.png"):
             p.read_bytes()  # warm the page cache: every mode reads from memory
         result = {}
-        for mode in ("floor", "build", "single"):
+        for mode in MODES:
             out = data / f"out_{mode}{n}"
             shutil.rmtree(out, ignore_errors=True)
             proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--root", str(root), "--out", str(out),
@@ -154,16 +164,17 @@ def main() -> None:
         rows.append((n, source_mb, result))
     print(f"\nbuild-mindrecord bench: 1024x2048 frames, {args.workers} workers, shard size {args.shard_size}, "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
-    print("| images | floor img/s | build img/s | single-process img/s | build / floor | build / single "
-          "| CPU ms/img floor / build / single | peak RSS build worker / main (MB) | peak RSS single (MB) |")
+    print("| images | floor img/s | build img/s | single-process img/s (default / tuned malloc) | build / floor "
+          "| build / single (default / tuned malloc) | CPU ms/img floor / build / single / single tuned "
+          "| peak RSS build worker / main (MB) | peak RSS single (MB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for n, _, r in rows:
         rate = {m: r[m]["images"] / r[m]["seconds"] for m in r}
-        print(f"| {n} | {rate['floor']:.2f} | {rate['build']:.2f} | {rate['single']:.2f} | "
-              f"{rate['build'] / rate['floor']:.0%} | {rate['build'] / rate['single']:.2f}x | "
-              + " / ".join(f"{r[m]['cpu_ms_per_image']:.0f}" for m in ("floor", "build", "single")) + " | "
+        print(f"| {n} | {rate['floor']:.2f} | {rate['build']:.2f} | {rate['single']:.2f} / {rate['single_malloc']:.2f} | "
+              f"{rate['build'] / rate['floor']:.0%} | {rate['build'] / rate['single']:.2f}x / "
+              f"{rate['build'] / rate['single_malloc']:.2f}x | "
+              + " / ".join(f"{r[m]['cpu_ms_per_image']:.0f}" for m in MODES) + " | "
               f"{r['build']['worker_mb']:.0f} / {r['build']['main_mb']:.0f} | {r['single']['main_mb']:.0f} |")
-
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from evaluate.sliding_window import resize_bilinear, sliding_window_probs
+from evaluate.sliding_window import sliding_window_probs
+from mindrecords.eval_pipeline import inference_size
+from model.interpolate import resize_bilinear
 from prep.atomic import atomic_path
 from prep.labels import colorize
 from prep.progress import Progress
@@ -49,14 +51,6 @@ def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
     """HxWx3 uint8 -> 3xHxW float32 (x - mean) / std."""
     x = (rgb.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def inference_size(h: int, w: int, infer_size: int):
-    """Size with the short side at `infer_size` (0 = keep), as the evaluation's resize."""
-    if infer_size <= 0 or min(h, w) == infer_size:
-        return h, w
-    r = infer_size / min(h, w)
-    return int(h * r + 0.5), int(w * r + 0.5)
 
 
 def predict_probs(net, rgb: np.ndarray, cfg) -> np.ndarray:

@@ -6,7 +6,7 @@ stored size, 255 ignore). With `with_raw=True` it also yields `raw`, the decoded
 at the stored size (for prediction overlays).
 
 The resize to the inference size is the one `predict` applies (bilinear on the normalized image,
-align_corners=False, `evaluate.predict.inference_size`), so `eval` and `predict` see identical
+align_corners=False, `inference_size` below), so `eval` and `predict` see identical
 inputs; it runs in the dataset's worker threads.
 """
 from __future__ import annotations
@@ -18,9 +18,8 @@ import mindspore.dataset.vision as vision
 import numpy as np
 
 from configs.schema import Config
-from evaluate.predict import inference_size
-from evaluate.sliding_window import resize_bilinear
 from mindrecords.reader import split_shard_files
+from model.interpolate import resize_bilinear
 
 COLUMNS = ["id", "city", "image", "label"]
 
@@ -31,6 +30,14 @@ def _decode_label(data: np.ndarray) -> np.ndarray:
     if label is None or label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError("label is not a single-channel 8-bit PNG")
     return label
+
+
+def inference_size(h: int, w: int, infer_size: int):
+    """Size with the short side at `infer_size` (0 = keep), as the evaluation's resize."""
+    if infer_size <= 0 or min(h, w) == infer_size:
+        return h, w
+    r = infer_size / min(h, w)
+    return int(h * r + 0.5), int(w * r + 0.5)
 
 
 class _InferenceResize:

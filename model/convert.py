@@ -14,8 +14,8 @@ import yaml
 import mindspore as ms
 
 from configs.schema import Config, ConfigError, config_from_dict, config_to_dict
-from evaluate.sliding_window import resize_bilinear
 from model.checkpoint import CheckpointError, assign_parameters, match_parameters, save_model
+from model.interpolate import resize_bilinear
 from model.segmenter import build_segmenter
 from model.torch_pickle import load_torch_file
 

@@ -8,11 +8,11 @@ building its pixels (`check_rgb_png`), since the build never needs them.
 from __future__ import annotations
 
 import struct
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
+from isal import isal_zlib
 
 from prep.errors import PrepError
 from prep.labels import IGNORE, NUM_CLASSES, VALID_LABEL_IDS, label_to_train_lut
@@ -28,10 +28,11 @@ _EXACT_HIST = 1 << 24  # cv2.calcHist counts in float32: exact up to 2**24 pixel
 def fingerprint(data: bytes) -> str:
     """Change detection, not security: CRC-32 and the size (what PNG, gzip and zip rely on).
 
-    About 4x faster than SHA-1 on a 4 MB frame (2 of a build's ~90 CPU ms per frame); consulted
-    only for files whose mtime or size moved, it misses an edit with probability ~2**-32.
+    ISA-L's CRC-32 (the same value as zlib's) takes 0.2 ms on a 4 MB frame, zlib's 1.2 ms and
+    SHA-1 about 5; consulted only for files whose mtime or size moved, it misses an edit with
+    probability ~2**-32.
     """
-    return f"{zlib.crc32(data):08x}-{len(data)}"
+    return f"{isal_zlib.crc32(data):08x}-{len(data)}"
 
 
 def _read(path: Path) -> bytes:
@@ -68,7 +69,7 @@ def _png_chunks(data: bytes, path: Path):
         end = pos + 12 + length
         if end > len(data):
             break
-        if zlib.crc32(view[pos + 4:pos + 8 + length]) != struct.unpack(">I", view[end - 4:end])[0]:
+        if isal_zlib.crc32(view[pos + 4:pos + 8 + length]) != struct.unpack(">I", view[end - 4:end])[0]:
             raise PrepError(f"{path}: unreadable PNG (CRC error in a {tag.decode('latin-1')} chunk)")
         yield tag, view[pos + 8:pos + 8 + length]
         if tag == b"IEND":
@@ -80,10 +81,11 @@ def _png_chunks(data: bytes, path: Path):
 def check_rgb_png(data: bytes, path: Path) -> tuple[int, int]:
     """(height, width) of an 8-bit RGB PNG, proven decodable without building its pixels.
 
-    Every chunk's CRC, the header, the complete deflate stream (inflated, never kept whole
-    beyond one frame) of exactly height x (1 + 3 x width) bytes and every row's filter type
-    are checked: what libpng checks, minus unfiltering and the colour conversion (about 30 %
-    of a full decode). PNGs other than 8-bit RGB non-interlaced take the full cv2 decode.
+    Every chunk's CRC, the header, the complete deflate stream of at least height x (1 + 3 x
+    width) bytes and every row's filter type are checked: what libpng checks, minus unfiltering
+    and the colour conversion. The inflate is ISA-L's: 18 ms for a 1024x2048 frame where zlib
+    takes 46 and cv2's full decode 65 (measured). Excess data after the last row is accepted,
+    as libpng does. PNGs other than 8-bit RGB non-interlaced take the full cv2 decode.
     """
     chunks = list(_png_chunks(data, path))
     if chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
@@ -92,12 +94,15 @@ def check_rgb_png(data: bytes, path: Path) -> tuple[int, int]:
     if (depth, colour, interlace) != (8, 2, 0) or not width or not height:
         return decode_rgb_png(data, path).shape[:2]
     stride = 1 + 3 * width
-    inflater = zlib.decompressobj()
+    inflater = isal_zlib.decompressobj()
     try:
         raw = inflater.decompress(b"".join(payload for tag, payload in chunks if tag == b"IDAT"), height * stride)
-    except zlib.error as err:
+        # max_length stops the inflate at the last row; ISA-L keeps the rest of the input, so one
+        # more byte of output tells a longer (valid) stream from a cut-off one.
+        complete = inflater.eof or (len(raw) == height * stride and inflater.decompress(b"", 1) != b"")
+    except isal_zlib.error as err:
         raise PrepError(f"{path}: unreadable PNG (corrupt image data: {err})") from None
-    if len(raw) != height * stride or not (inflater.eof or inflater.unconsumed_tail):
+    if len(raw) != height * stride or not complete:
         raise PrepError(f"{path}: truncated PNG image data ({len(raw)} of {height * stride} bytes)")
     if np.frombuffer(raw, np.uint8)[::stride].max() > 4:
         raise PrepError(f"{path}: unreadable PNG (bad row filter type)")
@@ -120,22 +125,22 @@ def label_ids_to_train(label_ids: np.ndarray, path) -> tuple[np.ndarray, list[in
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", isal_zlib.crc32(tag + data))
 
 
 def encode_label_png(train_ids: np.ndarray) -> bytes:
-    """8-bit grayscale PNG, rows unfiltered, deflated with run-length strategy.
+    """8-bit grayscale PNG, rows unfiltered, deflated by ISA-L at level 1.
 
-    Label maps are long runs of one value: this encodes a 1024x2048 map in about 7 ms and decodes
-    in about 3 ms, against about 25 ms each for cv2's adaptive-filter PNG, for a similar size.
+    Label maps are long runs of one value: this encodes a 1024x2048 map in about 0.6 ms (26 KB)
+    and decodes in about 3 ms, against 7.5 ms for zlib's run-length mode (19 KB) and about
+    25 ms each way for cv2's adaptive-filter PNG (measured).
     """
     h, w = train_ids.shape
     raw = np.zeros((h, w + 1), np.uint8)  # each row starts with its filter byte: 0 = none
     raw[:, 1:] = train_ids
-    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    data = packer.compress(raw.data) + packer.flush()
     header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", isal_zlib.compress(raw.data, 1))
+            + _png_chunk(b"IEND", b""))
 
 
 def convert(root: Path, sample, image_format: str) -> tuple[dict, dict]:

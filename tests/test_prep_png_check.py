@@ -80,6 +80,25 @@ def test_pixel_stream_errors_behind_valid_crcs_are_rejected(image):
     assert cv2.imdecode(np.frombuffer(bad_filter, np.uint8), cv2.IMREAD_UNCHANGED) is None  # libpng agrees
 
 
+def test_stream_end_agrees_with_libpng(image):
+    data = _png(image)
+    rows = zlib.decompress(b"".join(d for t, d in _chunks(data) if t == b"IDAT"))
+    # Data past the last row: libpng warns and decodes, so the check accepts it.
+    longer = _with_idat(data, zlib.compress(rows + rows[:500]))
+    assert (cv2.imdecode(np.frombuffer(longer, np.uint8), cv2.IMREAD_UNCHANGED) == image).all()
+    assert check_rgb_png(longer, "long.png") == (37, 53)
+    # Every row present but the stream cut before its end (checksum missing), or its checksum wrong.
+    cut = _with_idat(data, zlib.compress(rows)[:-4])
+    with pytest.raises(PrepError, match="cut.png: truncated PNG image data"):
+        check_rgb_png(cut, "cut.png")
+    stream = bytearray(zlib.compress(rows))
+    stream[-1] ^= 1
+    with pytest.raises(PrepError, match="sum.png: unreadable PNG .corrupt image data"):
+        check_rgb_png(_with_idat(data, bytes(stream)), "sum.png")
+    for bad in (cut, _with_idat(data, bytes(stream))):
+        assert cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_UNCHANGED) is None
+
+
 def test_other_png_kinds_take_the_full_decode(image):
     with pytest.raises(PrepError, match="expected an 8-bit RGB PNG"):
         check_rgb_png(_png(image[:, :, 0]), "gray.png")
