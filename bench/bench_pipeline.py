@@ -4,7 +4,8 @@ Contenders, run in alternating rounds in one process on the same cores (the mach
 so only the ratios between contenders measured together mean much):
 
   ours        mindrecords.train_pipeline.train_dataset: MindDataset, C decode, the native
-              scale+crop+photometric op, C flip/normalize/pad, batches.
+              scale+crop+photometric op, C flip, native pad, uint8 batches (normalization
+              runs in the train step's graph, not here).
   seed        the approach this project replaces: per-sample Python augmentation in dataset
               threads on the raw PNG files, labelIds mapped to trainIds with a Python dict loop,
               full-image rescale before cropping, float64 labels, unseeded NumPy randomness.
