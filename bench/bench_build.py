@@ -176,5 +176,6 @@ def main() -> None:
               + " / ".join(f"{r[m]['cpu_ms_per_image']:.0f}" for m in MODES) + " | "
               f"{r['build']['worker_mb']:.0f} / {r['build']['main_mb']:.0f} | {r['single']['main_mb']:.0f} |")
 
+
 if __name__ == "__main__":
     main()
