@@ -18,7 +18,26 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def os_error_message(err: OSError, path=None) -> str:
+    """`PATH: reason` for an OSError (the file it names, else `path`)."""
+    where = err.filename or path
+    reason = err.strerror or str(err)
+    return f"{where}: {reason}" if where and str(where) not in reason else reason
+
+
+class _Commands(click.Group):
+    """An OSError no command handled (a read-only or full disk, a file where a folder should be) is
+    still the user's to fix: `error: PATH: reason`, exit 2, never a traceback. Every writer is
+    atomic, so nothing half-written is left behind."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as err:
+            raise UserError(os_error_message(err)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Segmenter (ViT + Mask Transformer) on Cityscapes with MindSpore."""
 
@@ -144,15 +163,23 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     from configs.schema import ConfigError, apply_overrides, resolve_config
     from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, EvalError, evaluate_split, write_metrics_json
     from evaluate.metrics import format_table
-    from evaluate.predictions import PredictionError
+    from evaluate.predictions import PredictionError, check_prediction_dir
     from mindrecords.reader import MindRecordError, split_shard_files
+    from prep.atomic import check_writable_dir
 
     if not Path(checkpoint).is_file():
         raise UserError(f"{checkpoint}: checkpoint not found")
     if split in NO_GROUND_TRUTH_SPLITS and not save_predictions:
         raise UserError(f"--split {split} has no ground truth to score: pass --save-predictions DIR to export")
-    if json_path and not Path(json_path).parent.is_dir():
-        raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
+    if json_path:
+        if not Path(json_path).parent.is_dir():
+            raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
+        check_writable_dir(Path(json_path).parent)  # an OSError here becomes `error: FOLDER: ...`
+    if save_predictions:
+        try:
+            check_prediction_dir(save_predictions)
+        except PredictionError as err:
+            raise UserError(str(err)) from None
     settings = {"window_size": window, "window_stride": stride, "infer_size": infer_size, "flip": flip,
                 "scales": scales, "batch_windows": batch_windows}
     try:

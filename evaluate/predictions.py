@@ -7,15 +7,14 @@ Layout of DIR:
 
 Files are written into a hidden sibling `.DIR.partial-XXXX` that is renamed to DIR only after
 every image and the manifest are on disk, so an interrupted or failed run never leaves a
-prediction set that looks complete. An existing DIR is replaced only if it is empty or is an
-earlier prediction set (has manifest.json); anything else is refused.
+prediction set that looks complete. An existing DIR is replaced only if it is empty or provably
+an earlier prediction set of this project (prep/ownership.py: every file listed in the marker
+with its size and CRC-32, nothing added); anything else is refused before any work.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,8 +22,10 @@ import cv2
 import numpy as np
 
 from prep.labels import colorize, train_to_label_lut
+from prep.ownership import make_staging, swap_in, why_not_replaceable
 
 MANIFEST = "manifest.json"
+KIND = "prediction set"
 
 
 class PredictionError(OSError):
@@ -42,20 +43,26 @@ def overlay(rgb: np.ndarray, train_ids: np.ndarray) -> np.ndarray:
     return cv2.addWeighted(rgb, 0.5, colorize(train_ids), 0.5, 0.0)
 
 
+def check_prediction_dir(out_dir) -> None:
+    """Fail before any work if `out_dir` may not be replaced or its parent cannot be written."""
+    out = Path(out_dir)
+    reason = why_not_replaceable(out, KIND)
+    if reason is not None:
+        raise PredictionError(f"{out}: {reason}; choose another directory")
+    try:
+        shutil.rmtree(make_staging(out))  # proves the parent is writable
+    except OSError as err:
+        raise PredictionError(f"{out}: cannot write predictions here ({err.strerror or err})") from None
+
+
 class PredictionWriter:
     def __init__(self, out_dir, split: str, checkpoint: str | None = None):
         self.out = Path(out_dir)
         self.split = split
         self.checkpoint = checkpoint
-        if self.out.exists():
-            if not self.out.is_dir():
-                raise PredictionError(f"{self.out}: exists and is not a directory")
-            if any(self.out.iterdir()) and not (self.out / MANIFEST).is_file():
-                raise PredictionError(f"{self.out}: not empty and not an earlier prediction set "
-                                      f"(no {MANIFEST}); choose another directory")
+        check_prediction_dir(self.out)
         try:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+            self.staging = make_staging(self.out)
         except OSError as err:
             raise PredictionError(f"{self.out}: cannot write predictions here ({err.strerror or err})") from None
         self.lut = train_to_label_lut()
@@ -83,15 +90,11 @@ class PredictionWriter:
         self.pool.shutdown()
         manifest = {"split": self.split, "checkpoint": self.checkpoint, "images": images,
                     "layout": {"labelIds": "labelIds/{city}/{id}.png", "color": "color/{city}/{id}.png"}}
-        (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        old = None
-        if self.out.exists():
-            # Move the earlier set aside first: rename cannot replace a non-empty directory.
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
-            os.replace(self.out, old / "set")
-        os.replace(self.staging, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            swap_in(self.staging, self.out, KIND)
+        except OSError as err:
+            raise PredictionError(f"{self.out}: cannot write predictions here ({err.strerror or err})") from None
 
     def abort(self) -> None:
         for fut in self.pending:

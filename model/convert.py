@@ -16,6 +16,7 @@ import mindspore as ms
 from configs.schema import Config, ConfigError, config_from_dict, config_to_dict
 from model.checkpoint import CheckpointError, assign_parameters, match_parameters, save_model
 from model.interpolate import resize_bilinear
+from model.npz_reader import NpzError, read_npz
 from model.segmenter import build_segmenter
 from model.torch_pickle import load_torch_file
 
@@ -153,10 +154,9 @@ def encoder_from_npz(path, cfg: Config) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            w = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError) as err:
-        raise CheckpointError(f"{path}: not a readable .npz ({err})") from None
+        w = read_npz(path)
+    except NpzError as err:
+        raise CheckpointError(str(err)) from None
     prefix = "opt/target/" if "opt/target/embedding/kernel" in w else ""
     w = {k[len(prefix):]: v for k, v in w.items() if k.startswith(prefix)}
     pos_key = "Transformer/posembed_input/pos_embedding"

@@ -3,7 +3,14 @@
 A `.pth` is a zip holding `<name>/data.pkl` (a pickle) and `<name>/data/<key>` (raw tensor
 storages). The pickle is read with an Unpickler whose `find_class` allows only the few names a
 tensor state dict needs; any other global (e.g. `os.system`) is refused when the pickle names it,
-before anything could call it.
+before anything could call it. The opcodes that mutate an object (BUILD, SETITEM(S), APPEND(S))
+act only on the containers a state dict is made of (dicts, lists), never on the allowed
+functions or on tensors.
+
+Memory stays in proportion to the file: every zip member is read with a bound
+(model/bounded_zip.py), a storage must hold exactly the bytes its id declares, a tensor may not
+view more elements than its storage holds past its offset (no zero strides that repeat one
+value into gigabytes), and all tensors together may not declare more bytes than the storages hold.
 """
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from model.bounded_zip import BoundedZip, BoundExceeded
 
 
 class TorchFileError(ValueError):
@@ -32,21 +41,40 @@ class _StorageType:
         self.dtype = _STORAGE_DTYPES[name]
 
 
+class _Storage:
+    """A storage's items plus the running count of tensor bytes declared over all storages."""
+
+    def __init__(self, array: np.ndarray, ledger: dict):
+        self.array = array
+        self.ledger = ledger
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
+    if not isinstance(storage, _Storage):
+        raise pickle.UnpicklingError("tensor without a storage")
     size, stride = tuple(size), tuple(stride)
-    if any(s < 0 for s in size) or any(s < 0 for s in stride):
-        raise pickle.UnpicklingError(f"negative size or stride {size} {stride}")
-    if not size:
-        last = storage_offset
-    else:
-        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) if min(size) > 0 else -1
-    if last >= storage.size:
-        raise pickle.UnpicklingError(f"tensor of shape {size} reads past its storage ({storage.size} items)")
-    if size and min(size) == 0:
-        return np.zeros(size, storage.dtype)
-    view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
-                                           strides=[s * storage.itemsize for s in stride], writeable=False)
+    if not all(isinstance(v, int) for v in (storage_offset, *size, *stride)) or len(size) != len(stride):
+        raise pickle.UnpicklingError(f"bad tensor geometry {size} {stride}")
+    if storage_offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+        raise pickle.UnpicklingError(f"negative size, stride or offset {size} {stride} {storage_offset}")
+    items = storage.array
+    numel = int(np.prod(size, dtype=object)) if size else 1
+    if numel > max(items.size - storage_offset, 0) and numel > 0:
+        raise pickle.UnpicklingError(f"tensor of shape {size} declares {numel} items over a storage holding "
+                                     f"{items.size - storage_offset} past offset {storage_offset}")
+    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel > 0 else -1
+    if last >= items.size:
+        raise pickle.UnpicklingError(f"tensor of shape {size} reads past its storage ({items.size} items)")
+    ledger = storage.ledger
+    ledger["declared"] += numel * items.itemsize
+    if ledger["declared"] > ledger["stored"]:
+        raise pickle.UnpicklingError(f"the tensors declare {ledger['declared']} bytes, more than the "
+                                     f"{ledger['stored']} bytes their storages hold")
+    if numel == 0:
+        return np.zeros(size, items.dtype)
+    view = np.lib.stride_tricks.as_strided(items[storage_offset:], shape=size,
+                                           strides=[s * items.itemsize for s in stride], writeable=False)
     return np.array(view)
 
 
@@ -61,13 +89,46 @@ _ALLOWED = {
 }
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    def __init__(self, fh, archive: zipfile.ZipFile, prefix: str, path: Path):
+# Where each mutating opcode finds the object it changes (pickle._Unpickler's load_* methods).
+_TARGET = {
+    "BUILD": lambda u: u.stack[-2],                 # inst, state
+    "SETITEM": lambda u: u.stack[-3],               # dict, key, value
+    "APPEND": lambda u: u.stack[-2],                # list, value
+    "SETITEMS": lambda u: u.metastack[-1][-1],      # dict, MARK, items...
+    "APPENDS": lambda u: u.metastack[-1][-1],       # list, MARK, items...
+}
+
+
+def _only_on(types, opcode: str, original):
+    """A dispatch entry that runs `original` only if the object it mutates is one of `types`."""
+    def handler(self):
+        target = _TARGET[opcode](self)
+        if type(target) not in types:
+            raise pickle.UnpicklingError(f"refused {opcode} on a {type(target).__name__}: only dicts and lists "
+                                         "may be filled in a tensor state dict")
+        original(self)
+    return handler
+
+
+# The pure-Python unpickler: its opcode table can be restricted (the C one cannot).
+_DISPATCH = dict(pickle._Unpickler.dispatch)
+_CONTAINERS = {"BUILD": (collections.OrderedDict, dict), "SETITEM": (collections.OrderedDict, dict),
+               "SETITEMS": (collections.OrderedDict, dict), "APPEND": (list,), "APPENDS": (list,)}
+for _name, _types in _CONTAINERS.items():
+    _code = getattr(pickle, _name)[0]
+    _DISPATCH[_code] = _only_on(_types, _name, pickle._Unpickler.dispatch[_code])
+
+
+class _SafeUnpickler(pickle._Unpickler):
+    dispatch = _DISPATCH
+
+    def __init__(self, fh, archive: BoundedZip, prefix: str, path: Path):
         super().__init__(fh)
         self.archive = archive
         self.prefix = prefix
         self.path = path
         self.storages = {}
+        self.ledger = {"declared": 0, "stored": 0}
 
     def find_class(self, module, name):
         if (module, name) in _ALLOWED:
@@ -81,18 +142,20 @@ class _SafeUnpickler(pickle.Unpickler):
                 and isinstance(pid[1], _StorageType)):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
         _, stype, key, _location, numel = pid
+        if not isinstance(numel, int) or numel < 0 or not isinstance(key, str):
+            raise pickle.UnpicklingError(f"bad storage id {pid!r:.80}")
         if key not in self.storages:
-            try:
-                raw = self.archive.read(f"{self.prefix}data/{key}")
-            except KeyError:
-                raise pickle.UnpicklingError(f"storage data/{key} is missing from the archive") from None
+            member = f"{self.prefix}data/{key}"
+            if member not in self.archive.names():
+                raise pickle.UnpicklingError(f"storage data/{key} is missing from the archive")
+            itemsize = 2 if stype.dtype == "bfloat16" else np.dtype(stype.dtype).itemsize
+            raw = self.archive.read_member(member, numel * itemsize)
             if stype.dtype == "bfloat16":
                 arr = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
             else:
                 arr = np.frombuffer(raw, np.dtype(stype.dtype).newbyteorder("<"))
-            if arr.size < numel:
-                raise pickle.UnpicklingError(f"storage data/{key} holds {arr.size} items, expected {numel}")
-            self.storages[key] = arr
+            self.ledger["stored"] += arr.nbytes
+            self.storages[key] = _Storage(arr, self.ledger)
         return self.storages[key]
 
 
@@ -102,13 +165,15 @@ def load_torch_file(path) -> object:
     if not path.is_file():
         raise TorchFileError(f"{path}: file not found")
     try:
-        with zipfile.ZipFile(path) as archive:
-            pkl = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+        with BoundedZip(path) as archive:
+            pkl = [n for n in archive.names() if n.endswith("data.pkl") and n.count("/") == 1]
             if len(pkl) != 1:
                 raise TorchFileError(f"{path}: not a PyTorch zip checkpoint (no <name>/data.pkl)")
             prefix = pkl[0][: -len("data.pkl")]
-            order = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in archive.namelist() \
-                else "little"
+            order = "little"
+            if prefix + "byteorder" in archive.names():
+                with archive.open(prefix + "byteorder") as fh:
+                    order = fh.read(16).decode(errors="replace")
             if order.strip() != "little":
                 raise TorchFileError(f"{path}: big-endian checkpoints are not supported")
             with archive.open(pkl[0]) as fh:
@@ -117,7 +182,9 @@ def load_torch_file(path) -> object:
         raise
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as err:
         raise TorchFileError(f"{path}: truncated or not a PyTorch zip checkpoint ({err})") from None
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, BoundExceeded) as err:
         raise TorchFileError(f"{path}: {err}") from None
+    except MemoryError:
+        raise TorchFileError(f"{path}: declares more data than fits in memory") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
         raise TorchFileError(f"{path}: corrupt checkpoint ({type(err).__name__}: {err})") from None

@@ -35,3 +35,15 @@ def write_bytes_atomic(path, data: bytes) -> None:
 def write_text_atomic(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def check_writable_dir(folder) -> None:
+    """Raise OSError (naming `folder`) unless a file can be created in it: the only honest test,
+    since root passes every permission check but still cannot write a read-only mount."""
+    folder = Path(folder)
+    probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.touch()
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(folder)) from None
+    probe.unlink()

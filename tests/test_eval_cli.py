@@ -228,7 +228,7 @@ def test_interrupted_run_keeps_the_previous_complete_set(built, tmp_path):
     preds = tmp_path / "preds"
     first = evaluate_split(net, cfg, built["out"], "val", save_predictions=preds, show_progress=False)
     before = {p.relative_to(preds): p.read_bytes() for p in preds.rglob("*") if p.is_file()}
-    assert first["images"] == N_VAL and len(before) == 2 * N_VAL + 1
+    assert first["images"] == N_VAL and len(before) == 2 * N_VAL + 2  # + manifest.json and the ownership marker
 
     class Interrupting:
         """The network, interrupted (Ctrl-C) in the middle of the second image."""
@@ -250,3 +250,53 @@ def test_interrupted_run_keeps_the_previous_complete_set(built, tmp_path):
         evaluate_split(Interrupting(), cfg, built["out"], "val", save_predictions=preds, show_progress=False)
     after = {p.relative_to(preds): p.read_bytes() for p in preds.rglob("*") if p.is_file()}
     assert after == before and no_partials(tmp_path) == []
+
+
+def test_a_folder_holding_a_manifest_json_is_never_deleted(built, tmp_path):
+    """A user's folder that happens to hold a file named manifest.json is not a prediction set."""
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "manifest.json").write_text('{"images": 3}')
+    (mine / "notes.txt").write_text("keep me")
+    (mine / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    before = {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    r = run("eval", "--checkpoint", built["ckpt"], "--data", built["out"], "--save-predictions", mine)
+    assert r.exit_code == 2 and f"{mine}: not empty and not an earlier prediction set" in r.stderr
+    assert {p.relative_to(mine): p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
+    assert no_partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("change", ["added", "edited"])
+def test_an_earlier_set_the_user_changed_is_kept(built, tmp_path, change):
+    preds = tmp_path / "preds"
+    args = ("eval", "--checkpoint", built["ckpt"], "--data", built["out"], "--max-images", 1, "--save-predictions", preds)
+    r = run(*args)
+    assert r.exit_code == 0, r.output + r.stderr
+    assert preds.stat().st_mode & 0o777 == 0o755  # mkdtemp's 0700 is not what a shared output needs
+    r = run(*args)  # an untouched earlier set is replaced
+    assert r.exit_code == 0, r.output + r.stderr
+    if change == "added":
+        (preds / "labelIds" / "my_notes.txt").write_text("mine")
+    else:
+        (victim,) = (preds / "labelIds").glob("*/*.png")
+        victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+    before = {p.relative_to(preds): p.read_bytes() for p in preds.rglob("*") if p.is_file()}
+    r = run(*args)
+    assert r.exit_code == 2 and "not an earlier prediction set" in r.stderr
+    assert ("which this project did not write" if change == "added" else "was changed") in r.stderr
+    assert {p.relative_to(preds): p.read_bytes() for p in preds.rglob("*") if p.is_file()} == before
+
+
+def test_unwritable_outputs_are_refused_before_the_model_loads(built, tmp_path, read_only, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    read_only(locked)
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the model was loaded before the output location was checked")
+
+    monkeypatch.setattr("model.checkpoint.load_model", must_not_load)
+    for extra in (["--save-predictions", locked / "preds"], ["--json", locked / "m.json"]):
+        r = run("eval", "--checkpoint", built["ckpt"], "--data", built["out"], *extra)
+        assert r.exit_code == 2, r.output + r.stderr
+        assert f"error: {locked}" in r.stderr and "Read-only file system" in r.stderr
