@@ -1,90 +1,177 @@
-"""`predict`: official sliding-window prediction for image files -> trainId / color PNGs (+ probabilities)."""
+"""`predict`: official sliding-window prediction for image files -> trainId / color PNGs (+ probabilities).
+
+Memory is bounded for large images: the input is normalized and resized to the inference size
+band by band from the uint8 pixels, the class maps are made in bands of rows
+(evaluate/sliding_window.py), and `--save-probs` streams each band of float32 probabilities
+into its `.npy` file; nothing of size n_cls x H x W is held.
+"""
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from evaluate.sliding_window import sliding_window_probs
+from evaluate.sliding_window import count_windows, sliding_window_predict
 from mindrecords.eval_pipeline import inference_size
-from model.interpolate import resize_bilinear
-from prep.atomic import atomic_path
-from prep.labels import colorize
+from model.interpolate import resize_bilinear, source_rows
+from prep.atomic import atomic_path, check_can_create_dir
+from prep.labels import NUM_CLASSES, colorize
 from prep.progress import Progress
+
+WINDOW_PROGRESS = 16  # an image with more windows than this shows a bar of its own
+INPUT_BAND_ROWS = 256
 
 
 class PredictError(ValueError):
     """A bad input image or output location; the message names the file."""
 
 
-def read_rgb(path) -> np.ndarray:
-    """HxWx3 uint8 RGB; a clear error naming the file if it is not a readable image."""
-    path = Path(path)
+def _open_image(path: Path):
     if not path.is_file():
         raise PredictError(f"{path}: image not found")
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        return Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise PredictError(f"{path}: {err} (PIL's guard against decompression bombs)") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise PredictError(f"{path}: not a readable image ({err})") from None
 
 
-def check_images(paths) -> None:
-    """Fail before any work on a missing/unreadable image or two inputs with the same stem."""
+def read_rgb(path) -> np.ndarray:
+    """HxWx3 uint8 RGB; a clear error naming the file if it is not a readable image."""
+    path = Path(path)
+    try:
+        with _open_image(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:
+        if isinstance(err, PredictError):
+            raise
+        raise PredictError(f"{path}: not a readable image ({err})") from None
+
+
+def check_images(paths, out_dir=None) -> None:
+    """Fail before any work on a missing/unreadable image, two inputs with the same stem, or an
+    output that would overwrite an input."""
     seen = {}
+    inputs = {Path(p).resolve() for p in paths}
     for p in map(Path, paths):
-        if not p.is_file():
-            raise PredictError(f"{p}: image not found")
         try:
-            with Image.open(p) as im:
+            with _open_image(p) as im:
                 im.verify()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        except (OSError, ValueError, SyntaxError) as err:
+            if isinstance(err, PredictError):
+                raise
             raise PredictError(f"{p}: not a readable image ({err})") from None
         if p.stem in seen:
             raise PredictError(f"{p}: same output name {p.stem!r} as {seen[p.stem]}")
         seen[p.stem] = p
+        if out_dir is not None:
+            for out in output_paths(out_dir, p.stem, save_probs=True):
+                if out.resolve() in inputs:
+                    raise PredictError(f"{out}: is an input image; predict never overwrites an input "
+                                       "(choose another --out)")
 
 
-def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
-    """HxWx3 uint8 -> 3xHxW float32 (x - mean) / std."""
-    x = (rgb.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+def check_output(cfg, out_dir) -> None:
+    """Before the model loads: the classes must be Cityscapes' and OUT must be a writable folder."""
+    if cfg.model.n_cls != NUM_CLASSES:
+        raise PredictError(f"model.n_cls: the model predicts {cfg.model.n_cls} classes; predict writes Cityscapes "
+                           f"trainIds and colours, which need {NUM_CLASSES}")
+    try:
+        check_can_create_dir(out_dir)
+    except OSError as err:
+        raise PredictError(f"{err.filename}: cannot write predictions here ({err.strerror})") from None
 
 
-def predict_probs(net, rgb: np.ndarray, cfg) -> np.ndarray:
-    """(n_cls, H, W) averaged softmax at the image's own size with the config's eval settings."""
+def output_paths(out_dir, stem: str, save_probs: bool) -> list[Path]:
+    out = Path(out_dir)
+    return [out / f"{stem}.png", out / f"{stem}_color.png"] + ([out / f"{stem}_probs.npy"] if save_probs else [])
+
+
+def normalized_input(rgb: np.ndarray, mean, std, size) -> np.ndarray:
+    """(3, *size) float32 of (rgb - mean) / std resized bilinearly, made band by band so the
+    float32 image at the source size is never built (bit-identical to normalize, then resize)."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    h = rgb.shape[0]
+
+    def normalize(rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(((rows.astype(np.float32) - mean) / std).transpose(2, 0, 1))
+
+    if tuple(size) == rgb.shape[:2]:
+        return normalize(rgb)
+    out = np.empty((3, *size), np.float32)
+    for r0 in range(0, size[0], INPUT_BAND_ROWS):
+        r1 = min(r0 + INPUT_BAND_ROWS, size[0])
+        s0, s1 = source_rows(h, size[0], r0, r1)
+        out[:, r0:r1] = resize_bilinear(normalize(rgb[s0:s1]), size, rows=(r0, r1), source_height=h, row_offset=s0)
+    return out
+
+
+class _ProbsFile:
+    """A float32 (n_cls, H, W) .npy written band by band (one seek per class and band)."""
+
+    def __init__(self, handle, n_cls: int, h: int, w: int):
+        self.fh, self.h, self.w = handle, h, w
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                     "shape": (n_cls, h, w)})
+        self.data_start = handle.tell()
+        handle.truncate(self.data_start + 4 * n_cls * h * w)
+
+    def write(self, r0: int, r1: int, band: np.ndarray) -> None:
+        for c in range(band.shape[0]):
+            self.fh.seek(self.data_start + 4 * (c * self.h * self.w + r0 * self.w))
+            self.fh.write(np.ascontiguousarray(band[c], "<f4").tobytes())
+
+
+def predict_image(net, cfg, path: Path, out_dir: Path, save_probs: bool) -> int:
+    """Write one image's outputs; returns its pixel count."""
     e = cfg.eval
-    image = normalize(rgb, cfg.model.mean, cfg.model.std)
-    h, w = image.shape[1:]
+    rgb = read_rgb(path)
+    h, w = rgb.shape[:2]
     size = inference_size(h, w, e.infer_size)
-    if size != (h, w):
-        image = resize_bilinear(image, size)
-    return sliding_window_probs(net, image, cfg.model.n_cls, e.window_size, e.window_stride, e.batch_windows,
-                                flip=e.flip, scales=tuple(e.scales), out_size=(h, w))
+    image = normalized_input(rgb, cfg.model.mean, cfg.model.std, size)
+    windows = count_windows(*size, e.window_size, e.window_stride, e.flip, tuple(e.scales))
+    bar = Progress(windows, f"predict {path.name}", "win") if windows > WINDOW_PROGRESS else None
+    label_png, color_png, *probs_npy = output_paths(out_dir, path.stem, save_probs)
+    args = (net, image, cfg.model.n_cls, e.window_size, e.window_stride, e.batch_windows, e.flip, tuple(e.scales),
+            (h, w), bar.update if bar else None)
+    try:
+        if probs_npy:
+            with atomic_path(probs_npy[0]) as tmp, open(tmp, "wb") as fh:
+                train_ids = sliding_window_predict(*args, on_band=_ProbsFile(fh, cfg.model.n_cls, h, w).write)
+        else:
+            train_ids = sliding_window_predict(*args)
+    finally:
+        if bar:
+            bar.close()
+    del image
+    with atomic_path(label_png) as tmp:
+        Image.fromarray(train_ids).save(tmp, format="PNG")
+    with atomic_path(color_png) as tmp:
+        Image.fromarray(colorize(train_ids)).save(tmp, format="PNG")
+    return train_ids.size
 
 
 def predict_images(net, cfg, paths, out_dir, save_probs: bool = False) -> dict:
     """Write DIR/{stem}.png (trainIds), DIR/{stem}_color.png and optionally DIR/{stem}_probs.npy per image."""
-    check_images(paths)
+    check_images(paths, out_dir)
+    check_output(cfg, out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(paths), "predict", "img")
     start = time.time()
     pixels = 0
-    for p in map(Path, paths):
-        probs = predict_probs(net, read_rgb(p), cfg)
-        train_ids = probs.argmax(0).astype(np.uint8)
-        with atomic_path(out_dir / f"{p.stem}.png") as tmp:
-            Image.fromarray(train_ids).save(tmp, format="PNG")
-        with atomic_path(out_dir / f"{p.stem}_color.png") as tmp:
-            Image.fromarray(colorize(train_ids)).save(tmp, format="PNG")
-        if save_probs:
-            with atomic_path(out_dir / f"{p.stem}_probs.npy") as tmp:
-                np.save(tmp, probs.astype(np.float32))
-        pixels += train_ids.size
-        progress.update(1, postfix=p.name)
-    progress.close()
+    try:
+        for p in map(Path, paths):
+            pixels += predict_image(net, cfg, p, out_dir, save_probs)
+            progress.update(1, postfix=p.name)
+    except OSError as err:  # a full disk while writing: name the file, keep what was written
+        raise PredictError(f"{err.filename or out_dir}: cannot write ({err.strerror or errno.errorcode.get(err.errno)})") \
+            from None
+    finally:
+        progress.close()
     seconds = time.time() - start
     return {"images": len(paths), "seconds": seconds, "pixels": pixels}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mindrecords.schema import MANIFEST, PIXEL_COLUMNS, STATE_DIR, SUMMARY
+from prep.checksums import crc32_hex
 from prep.labels import IGNORE, NUM_CLASSES
 
 
@@ -79,6 +80,12 @@ def _check_record(rec: dict, expect: dict, report: SplitReport, shard: Path) -> 
     for key in ("city", "height", "width"):
         if rec[key] != expect[key]:
             report.add(shard, f"{where}: {key} {rec[key]!r} != manifest {expect[key]!r}")
+    # Decoders accept much damage silently (libjpeg decodes altered data with a warning), so the
+    # stored bytes must also have the CRC-32 the build recorded.
+    for key in ("image", "label"):
+        crc = crc32_hex(rec[key])
+        if crc != expect[f"{key}_crc32"]:
+            report.add(shard, f"{where}: {key} bytes damaged (CRC-32 {crc}, built as {expect[f'{key}_crc32']})")
     h, w = int(rec["height"]), int(rec["width"])
     image = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -113,6 +120,10 @@ def verify_split(out_dir, split: str, progress=None) -> SplitReport:
         table = read_manifest(out_dir, split)
     except MindRecordError as err:
         report.add(split_dir / MANIFEST, str(err).split(": ", 1)[1])
+        return report
+    if "image_crc32" not in table.column_names:
+        report.add(split_dir / MANIFEST, "built by an older version without the stored bytes' checksums; "
+                                         "rerun build-mindrecord to bring it up to date")
         return report
     rows = table.to_pylist()
     by_shard: dict[str, list] = {}

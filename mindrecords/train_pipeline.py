@@ -28,7 +28,9 @@ same dataset for several epochs reshuffles and redraws each epoch.
 """
 from __future__ import annotations
 
+import errno
 import os
+from pathlib import Path
 
 import cv2
 import mindspore.dataset as ds
@@ -38,6 +40,8 @@ import numpy as np
 from configs.schema import Config, ConfigError
 from mindrecords.augment import PadToCrop, Photometric, ScaleCropPhotometric
 from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
+from prep.atomic import atomic_path
+from prep.errors import mindspore_detail
 
 
 class _SampleSeeds:
@@ -157,6 +161,22 @@ def train_dataset(cfg: Config, data_root, rank: int = 0, group_size: int = 1,
     return build_train_dataset(cfg, files, n_samples, rank, group_size, epoch_seed)
 
 
+def read_batches(data, data_root, split: str, where: str, output_numpy: bool = False):
+    """The dataset's batches; a shard found damaged while read becomes a MindRecordError naming the
+    split and pointing to `verify` (the pipeline reads ahead, so its error names no file)."""
+    rows = data.create_tuple_iterator(num_epochs=1, output_numpy=output_numpy)
+    while True:
+        try:
+            batch = next(rows)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            raise MindRecordError(f"{Path(data_root) / split}: reading the shards failed in {where}: "
+                                  f"{mindspore_detail(err)} (a shard is truncated or damaged; "
+                                  f"`cli.py verify {data_root}` finds it)") from None
+        yield batch
+
+
 def overlay(image: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
     """One augmented sample as an RGB panel: [image | 50% blend with the label colours].
 
@@ -179,7 +199,6 @@ def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> l
     temporary name and renamed, so a reader never sees half a file.
     """
     import copy
-    from pathlib import Path
 
     cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = 1
@@ -187,12 +206,11 @@ def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> l
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for image, label, _ in data.create_tuple_iterator(output_numpy=True, num_epochs=1):
+    for image, label, _ in read_batches(data, data_root, cfg.data.train_split, "inspect-pipeline", output_numpy=True):
         path = out / f"sample_{len(written):03d}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay(image[0], label[0], cfg), cv2.COLOR_RGB2BGR)):
-            raise OSError(f"{tmp}: could not write")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay(image[0], label[0], cfg), cv2.COLOR_RGB2BGR)):
+                raise OSError(errno.EIO, "could not write the PNG", str(path))
         written.append(path)
         if progress is not None:
             progress.update(1)

@@ -6,12 +6,14 @@ into a private folder, and `commit_shard` later moves both files into place with
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
 from typing import Iterable
 
 from mindrecords.schema import INDEX_FIELDS, SCHEMA, SCHEMA_DESC
+from prep.errors import mindspore_detail
 
 
 def write_shard(folder: Path, name: str, records: Iterable[dict]) -> int:
@@ -22,15 +24,26 @@ def write_shard(folder: Path, name: str, records: Iterable[dict]) -> int:
     from mindspore.mindrecord import FileWriter
 
     folder.mkdir(parents=True, exist_ok=True)
-    writer = FileWriter(str(folder / name), shard_num=1, overwrite=True)
-    writer.add_schema(SCHEMA, SCHEMA_DESC)
-    writer.add_index(INDEX_FIELDS)
-    count = 0
-    for record in records:
-        writer.write_raw_data([record])
-        count += 1
-    writer.commit()
+    try:
+        writer = FileWriter(str(folder / name), shard_num=1, overwrite=True)
+        writer.add_schema(SCHEMA, SCHEMA_DESC)
+        writer.add_index(INDEX_FIELDS)
+        count = 0
+        for record in records:
+            writer.write_raw_data([record])
+            count += 1
+        writer.commit()
+    except RuntimeError as err:  # MindSpore reports a full disk or a failed write as RuntimeError
+        raise writer_error(err, folder / name) from None
     return count
+
+
+def writer_error(err: RuntimeError, path: Path) -> OSError:
+    """MindSpore's multi-line RuntimeError as an OSError naming the shard (a full disk as ENOSPC)."""
+    detail = mindspore_detail(err)
+    if "free disk" in detail.lower():
+        return OSError(errno.ENOSPC, f"no space left on the device while writing the shard ({detail})", str(path))
+    return OSError(errno.EIO, f"the MindRecord writer failed: {detail}", str(path))
 
 
 def shard_files(folder: Path, name: str) -> tuple[Path, Path]:

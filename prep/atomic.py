@@ -47,3 +47,14 @@ def check_writable_dir(folder) -> None:
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(folder)) from None
     probe.unlink()
+
+
+def check_can_create_dir(folder) -> None:
+    """Raise OSError unless `folder` is, or could be created as, a writable folder; creates nothing."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(20, "exists and is not a folder", str(existing))
+    check_writable_dir(existing)

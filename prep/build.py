@@ -2,10 +2,11 @@
 
 Plan: samples sorted by id, cut into consecutive shards of `shard_size` (deterministic).
 Each shard is committed with a state file (`.state/NAME.json`: its samples, their source
-fingerprints, the build options, the shard's file sizes). A rerun keeps every shard whose state
-still matches its sources (size + mtime, or content hash when the mtime moved) and its files, so
-an unchanged tree only costs a `stat` per file, and a changed or added file rebuilds only the
-shards whose sample list or sources changed.
+fingerprints, the build options, the shard's file sizes and CRC-32s). A rerun keeps every shard
+whose state still matches its sources (size + mtime, or content hash when the mtime moved) and
+whose files still have the recorded size and CRC-32 (so a shard damaged in place, even without a
+size change, is rebuilt), and a changed or added file rebuilds only the shards whose sample list
+or sources changed. A rerun with nothing to do writes nothing (it works on a read-only output).
 
 Safety: workers write whole shards into `.staging/` (under the final base name, see
 mindrecords/writer.py); nothing in the split folder is touched until every shard of the run has
@@ -28,15 +29,17 @@ from pathlib import Path
 
 from mindrecords.schema import MANIFEST, PIXEL_COLUMNS, STAGING_DIR, STATE_DIR, SUMMARY, shard_name
 from mindrecords.writer import commit_shard, remove_shard, remove_tree, shard_files, write_shard
-from prep.atomic import write_bytes_atomic
-from prep.convert import convert, fingerprint
+from prep.atomic import check_writable_dir, write_bytes_atomic
+from prep.checksums import file_crc32, fingerprint
+from prep.convert import convert
 from prep.discover import Sample, discover
 from prep.errors import PrepError
 from prep.labels import CLASS_NAMES
 from prep.progress import Progress
 
-# Bump when the stored bytes for the same sources and options would change.
-FORMAT_VERSION = 2
+# Bump when the stored bytes or the recorded facts for the same sources and options would change
+# (3: the manifest records the stored bytes' CRC-32s, the state each shard file's CRC-32).
+FORMAT_VERSION = 3
 SOURCE_KEYS = ("image", "label")
 
 
@@ -93,13 +96,14 @@ def _sources_match(root: Path, members: list[Sample], entries: list) -> bool:
 
 
 def _files_match(folder: Path, name: str, state: dict) -> bool:
-    sizes = []
-    for path in shard_files(folder, name):
-        try:
-            sizes.append(path.stat().st_size)
-        except OSError:
+    """The shard and its index have the size and CRC-32 recorded when they were written."""
+    files = shard_files(folder, name)
+    try:
+        if [p.stat().st_size for p in files] != state["file_bytes"]:
             return False
-    return sizes == state["file_bytes"]
+        return [file_crc32(p) for p in files] == state.get("file_crc32")
+    except OSError:
+        return False
 
 
 def _usable(state, folder: Path, name: str, root: Path, members, options: dict) -> bool:
@@ -117,7 +121,8 @@ def build_shard(root: Path, staging: Path, name: str, members: list[Sample], opt
             stats = {key: (root / getattr(sample, key)).stat() for key in SOURCE_KEYS}
             record, facts = convert(root, sample, options["image_format"])
             entry = {"id": sample.id, "city": sample.city, "image": sample.image, "label": sample.label,
-                     "height": facts["height"], "width": facts["width"], "pixels": facts["pixels"]}
+                     "height": facts["height"], "width": facts["width"], "pixels": facts["pixels"],
+                     "image_crc32": facts["image_crc32"], "label_crc32": facts["label_crc32"]}
             for key in SOURCE_KEYS:
                 entry[f"{key}_bytes"] = stats[key].st_size
                 entry[f"{key}_mtime_ns"] = stats[key].st_mtime_ns
@@ -127,8 +132,9 @@ def build_shard(root: Path, staging: Path, name: str, members: list[Sample], opt
 
     try:
         write_shard(tmp, name, records())
+        files = shard_files(tmp, name)
         state = {"name": name, "options": options, "samples": entries,
-                 "file_bytes": [p.stat().st_size for p in shard_files(tmp, name)]}
+                 "file_bytes": [p.stat().st_size for p in files], "file_crc32": [file_crc32(p) for p in files]}
         _atomic_json(tmp / "state.json", state)
         final = staging / name
         remove_tree(final)
@@ -143,12 +149,12 @@ def _manifest_table(states: list[dict]):
 
     rows = {k: [] for k in ("id", "city", "shard", "index_in_shard", "image_path", "image_bytes",
                             "image_fingerprint", "label_path", "label_bytes", "label_fingerprint",
-                            "height", "width", *PIXEL_COLUMNS)}
+                            "height", "width", "image_crc32", "label_crc32", *PIXEL_COLUMNS)}
     for state in states:
         for i, e in enumerate(state["samples"]):
             for k, v in (("id", e["id"]), ("city", e["city"]), ("shard", state["name"]), ("index_in_shard", i),
                          ("image_path", e["image"]), ("label_path", e["label"]), ("height", e["height"]),
-                         ("width", e["width"])):
+                         ("width", e["width"]), ("image_crc32", e["image_crc32"]), ("label_crc32", e["label_crc32"])):
                 rows[k].append(v)
             for key in SOURCE_KEYS:
                 rows[f"{key}_bytes"].append(e[f"{key}_bytes"])
@@ -215,21 +221,51 @@ def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int 
         raise PrepError(f"--image-format must be png or jpeg, got {image_format!r}")
     root, out = Path(root), Path(out)
     workers = workers or os.cpu_count() or 1
+    _check_out(root, out)
     found = discover(root, splits, labels)  # every split's names are checked before any write
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PrepError(f"{out}: cannot create the output folder ({err.strerror})") from None
     with _exclusive(out):
         return _build(root, out, found, workers, shard_size, image_format, labels, force, echo, start)
 
 
+SOURCE_FOLDERS = ("leftImg8bit", "gtFine", "gtCoarse")
+
+
+def _check_out(root: Path, out: Path) -> None:
+    """OUT must be a folder (or not exist yet) outside ROOT's image and label folders: shards written
+    there would become part of the source tree and break every later build from it."""
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"{out}: exists and is not a folder")
+    resolved = out.resolve()
+    for name in SOURCE_FOLDERS:
+        source = (root / name).resolve()
+        if resolved == source or source in resolved.parents:
+            raise PrepError(f"{out}: inside the source folder {root / name}; choose an --out outside "
+                            f"{root}/{{{','.join(SOURCE_FOLDERS)}}}")
+
+
 @contextmanager
 def _exclusive(out: Path):
-    """One build per OUT at a time; the OS drops the lock if the process dies."""
-    with open(out / ".build.lock", "a") as handle:
+    """One build per OUT at a time; the OS drops the lock if the process dies.
+
+    The lock file is opened read-only (flock needs no write access), so an up-to-date rerun works
+    on a read-only output; where it cannot even be created, no other build can write there either."""
+    try:
+        fd = os.open(out / ".build.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise PrepError(f"{out}: another build-mindrecord is writing here") from None
         yield
+    finally:
+        os.close(fd)
 
 
 def _build(root: Path, out: Path, found: dict, workers: int, shard_size: int, image_format: str, labels: str,
@@ -239,7 +275,7 @@ def _build(root: Path, out: Path, found: dict, workers: int, shard_size: int, im
     options = {"format_version": FORMAT_VERSION, "image_format": image_format, "labels": labels,
                "shard_size": shard_size}
 
-    plans, tasks, ready = {}, [], {}
+    plans, tasks, ready, refreshed = {}, [], {}, set()
     for split, samples in found.items():
         split_dir = out / split
         staging = split_dir / STAGING_DIR
@@ -248,8 +284,11 @@ def _build(root: Path, out: Path, found: dict, workers: int, shard_size: int, im
         plans[split] = plan(samples, split, shard_size)
         for name, members in plans[split]:
             state = None if force else _load_json(split_dir / STATE_DIR / f"{name}.json")
+            recorded = json.dumps(state, sort_keys=True)
             if _usable(state, split_dir, name, root, members, options):
                 ready[(split, name)] = ("committed", state)
+                if json.dumps(state, sort_keys=True) != recorded:  # content confirmed a moved mtime
+                    refreshed.add((split, name))
                 continue
             staged = None if force else _load_json(staging / name / "state.json")
             if _usable(staged, staging / name, name, root, members, options):
@@ -259,6 +298,10 @@ def _build(root: Path, out: Path, found: dict, workers: int, shard_size: int, im
 
     to_build = sum(len(m) for _, _, m in tasks)
     if tasks:
+        try:
+            check_writable_dir(out)
+        except OSError as err:
+            raise PrepError(f"{out}: cannot write shards here ({err.strerror})") from None
         progress = Progress(to_build, "build-mindrecord", "img")
         jobs = (delayed(_build_task)(root, out / split / STAGING_DIR, split, name, members, options)
                 for split, name, members in tasks)
@@ -281,7 +324,7 @@ def _build(root: Path, out: Path, found: dict, workers: int, shard_size: int, im
         if staged or stray or old.get("build_key") != summary["build_key"] or not (split_dir / MANIFEST).is_file():
             _commit(split_dir, staged, stray, states, summary)
         for state in states:  # kept shards: remember source mtimes that were confirmed by content
-            if ready[(split, state["name"])][0] == "committed":
+            if (split, state["name"]) in refreshed:
                 _atomic_json(split_dir / STATE_DIR / f"{state['name']}.json", state)
         disk = sum(p.stat().st_blocks * 512 for n in names for p in shard_files(split_dir, n))
         results.append(SplitResult(split, summary["samples"], len(names), len(staged), summary["bytes"], disk,

@@ -15,18 +15,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from isal import isal_zlib
+from prep.checksums import file_crc32
 
 MARKER = ".segmenter-owned.json"
 TOOL = "segmenter-mindspore"
-
-
-def _crc_file(path: Path) -> str:
-    crc = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            crc = isal_zlib.crc32(chunk, crc)
-    return f"{crc:08x}"
 
 
 def _entries(folder: Path):
@@ -45,7 +37,7 @@ def write_marker(folder, kind: str, info: dict | None = None) -> None:
     from prep.atomic import write_text_atomic
 
     folder = Path(folder)
-    files = {rel: [path.stat().st_size, _crc_file(path)] for rel, path in sorted(_entries(folder))}
+    files = {rel: [path.stat().st_size, file_crc32(path)] for rel, path in sorted(_entries(folder))}
     doc = {"tool": TOOL, "kind": kind, "info": info or {}, "files": files}
     write_text_atomic(folder / MARKER, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
@@ -69,7 +61,7 @@ def why_not_ours(folder, kind: str) -> str | None:
         if path.is_symlink() or not path.is_file():
             return f"{rel} is not a regular file"
         size, crc = listed[rel]
-        if path.stat().st_size != size or _crc_file(path) != crc:
+        if path.stat().st_size != size or file_crc32(path) != crc:
             return f"{rel} was changed after this project wrote it"
     missing = [rel for rel in listed if not (folder / rel).is_file()]
     if missing:

@@ -8,7 +8,7 @@ negative id (`license plate`) are never drawn. `make-sample` and `build-mindreco
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,13 +30,24 @@ def parse_polygons(data: bytes, where) -> tuple[int, int, list]:
     try:
         doc = json.loads(data)
         height, width = int(doc["imgHeight"]), int(doc["imgWidth"])
-        objects = [(str(o["label"]), [(p[0], p[1]) for p in o["polygon"]], o.get("deleted", 0))
+        objects = [(str(o["label"]), [tuple(p) for p in o["polygon"]], o.get("deleted", 0))
                    for o in doc["objects"]]
     except (ValueError, KeyError, TypeError, IndexError) as err:
         raise PrepError(f"{where}: not a Cityscapes polygons file ({type(err).__name__}: {err})") from None
     if height <= 0 or width <= 0:
         raise PrepError(f"{where}: bad image size {height}x{width}")
+    for index, (name, polygon, _deleted) in enumerate(objects):
+        _check_polygon(polygon, f"{where}: object {index} ({name!r})")
     return height, width, objects
+
+
+def _check_polygon(polygon, where: str) -> None:
+    """PIL (and so the official json2labelImg) needs at least two points of two finite numbers."""
+    for point in polygon:
+        if len(point) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in point):
+            raise PrepError(f"{where}: polygon point {list(point)!r} is not two numbers")
+    if len(polygon) < 2:
+        raise PrepError(f"{where}: polygon has {len(polygon)} point(s); at least 2 are needed")
 
 
 def draw(height: int, width: int, objects, where, instances: bool = False) -> np.ndarray:
@@ -61,7 +72,3 @@ def draw(height: int, width: int, objects, where, instances: bool = False) -> np
         drawer.polygon(polygon, fill=value)
     return np.asarray(image, dtype=np.int32 if instances else np.uint8)
 
-
-def draw_label_ids_file(path: Path) -> np.ndarray:
-    height, width, objects = parse_polygons(Path(path).read_bytes(), path)
-    return draw(height, width, objects, path)

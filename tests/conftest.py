@@ -34,7 +34,8 @@ def _umount(paths) -> None:
     import subprocess
 
     for path in reversed(paths):
-        subprocess.run(["umount", str(path)], capture_output=True)
+        # Lazy: a worker process (joblib keeps them) may still hold a file open there.
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 @pytest.fixture

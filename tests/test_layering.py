@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("prep", "mindrecords", "model", "train", "evaluate", "configs")
-SHARED = {"prep.labels", "prep.progress", "prep.atomic", "prep.errors"}
+SHARED = {"prep.labels", "prep.progress", "prep.atomic", "prep.errors", "prep.checksums", "prep.ownership"}
 
 # package -> the other packages' modules it may import ("pkg" = any module of it).
 ALLOWED = {

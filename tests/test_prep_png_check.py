@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from prep.convert import check_rgb_png, fingerprint
+from prep.checksums import fingerprint
+from prep.convert import check_rgb_png
 from prep.errors import PrepError
 
 

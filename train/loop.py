@@ -166,33 +166,12 @@ def initial_net(cfg: Config, log):
     return net
 
 
-def _read_batches(data, data_root, split: str, epoch: int):
-    """The dataset's batches; a shard that turns out damaged while read becomes a MindRecordError."""
-    from mindrecords.reader import MindRecordError
-
-    rows = data.create_tuple_iterator(num_epochs=1)
-    while True:
-        try:
-            batch = next(rows)
-        except StopIteration:
-            return
-        except RuntimeError as err:
-            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-            # MindSpore's first line is generic; the "[ERROR] ..." line holds the reader's message.
-            detail = next((ln for ln in lines if ln.startswith("[ERROR]")), lines[0] if lines else "")
-            detail = detail.replace("[ERROR]", "").replace("[Internal ERROR]", "").strip()
-            raise MindRecordError(f"{Path(data_root) / split}: reading the shards failed in epoch {epoch}: {detail} "
-                                  f"(a shard is truncated or damaged; `cli.py verify {data_root}` "
-                                  "finds it)") from None
-        yield batch
-
-
 def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: bool = True,
           record_batches: bool = False, log=print) -> TrainResult:
     """Run (or resume) training as configured; see the module docstring for RUN's layout."""
     from mindspore import nn
 
-    from mindrecords.train_pipeline import train_dataset
+    from mindrecords.train_pipeline import read_batches, train_dataset
     from model.runtime import setup_context
     from prep.progress import Progress
     from train.loss import SegCrossEntropy
@@ -275,7 +254,7 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
     while step < total:
         epoch, skip = divmod(step, steps_per_epoch)
         data = train_dataset(cfg, data_root, rank, group_size, epoch_seed=epoch)
-        batches = _read_batches(data, data_root, cfg.data.train_split, epoch)
+        batches = read_batches(data, data_root, cfg.data.train_split, f"epoch {epoch}")
         epoch_start = step
         for index, (image, label, valid) in enumerate(batches):
             if index < skip:
