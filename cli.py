@@ -65,6 +65,7 @@ def make_sample_cmd(out, n_train, n_val, height, width, seed):
     """Write a small synthetic Cityscapes tree (images, polygons, labelIds/instanceIds/color)."""
     import time
 
+    from prep.errors import PrepError
     from prep.progress import Progress
     from prep.sample import make_sample
 
@@ -72,8 +73,10 @@ def make_sample_cmd(out, n_train, n_val, height, width, seed):
     progress = Progress(n_train + n_val, "make-sample", "img")
     try:
         counts = make_sample(out, n_train, n_val, height, width, seed, progress=progress)
+    except PrepError as err:
+        raise UserError(str(err)) from None
     except OSError as err:
-        raise UserError(f"{err.filename or out}: {err.strerror}") from None
+        raise UserError(os_error_message(err, out)) from None
     finally:
         progress.close()
     seconds = time.perf_counter() - start

@@ -17,8 +17,9 @@ from evaluate.metrics import ConfusionMatrix, compute_metrics
 from evaluate.predictions import PredictionWriter
 from evaluate.sliding_window import sliding_window_predict
 from mindrecords.eval_pipeline import eval_dataset
-from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
+from mindrecords.reader import MindRecordError, find_damage, split_shard_files
 from prep.atomic import write_text_atomic
+from prep.errors import mindspore_detail
 from prep.labels import NUM_CLASSES
 from prep.progress import Progress
 
@@ -31,26 +32,15 @@ class EvalError(ValueError):
 
 
 def _read_error(data_root, split: str, files: list, done: int, err: Exception) -> MindRecordError:
-    """Name the damaged shard: the pipeline reads ahead and its own message names no file, so
-    re-read the shards from the one holding image `done` on until one fails."""
-    from mindspore.mindrecord import FileReader
-
-    shard_of_row = read_manifest(data_root, split, columns=["shard"]).column("shard").to_pylist()
-    first = Path(shard_of_row[done]).name if done < len(shard_of_row) else Path(files[0]).name
-    names = [Path(f).name for f in files]
-    for path in files[names.index(first) if first in names else 0:]:
-        try:
-            reader = FileReader(path, num_consumer=1)
-            try:
-                for _ in reader.get_next():
-                    pass
-            finally:
-                reader.close()
-        except Exception:  # MindSpore raises RuntimeError variants for damaged files
-            return MindRecordError(f"{path}: damaged shard, unreadable after {done} evaluated images "
-                                   f"(rebuild the split with build-mindrecord)")
-    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return MindRecordError(f"{Path(files[0]).parent}: reading the {split} shards failed after {done} images: {detail}")
+    """Name the damaged shard and record: the pipeline reads ahead and its own message names no
+    file, so check the shards as `verify` does from the one holding image `done` on."""
+    found = find_damage(data_root, split, done)
+    if found is not None:
+        path, problem = found
+        return MindRecordError(f"{path}: damaged shard ({problem}), found after {done} evaluated images "
+                               f"(rebuild the split with build-mindrecord)")
+    return MindRecordError(f"{Path(files[0]).parent}: reading the {split} shards failed after {done} images: "
+                           f"{mindspore_detail(err)}")
 
 
 def _no_metrics() -> dict:

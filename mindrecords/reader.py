@@ -112,8 +112,6 @@ def _check_record(rec: dict, expect: dict, report: SplitReport, shard: Path) -> 
 
 def verify_split(out_dir, split: str, progress=None) -> SplitReport:
     """Read every record of `split` and check it against the manifest; problems are per file."""
-    from mindspore.mindrecord import FileReader
-
     report = SplitReport(split)
     split_dir = Path(out_dir) / split
     try:
@@ -142,40 +140,63 @@ def verify_split(out_dir, split: str, progress=None) -> SplitReport:
         if summary.get("samples") != len(rows):
             report.add(summary_path, f"samples {summary.get('samples')} != manifest rows {len(rows)}")
     for name in sorted(by_shard):
-        expected = by_shard[name]
-        path = split_dir / name
-        missing = [p for p in (path, Path(f"{path}.db")) if not p.is_file()]
-        for p in missing:
-            report.add(p, "missing")
-        if missing:
-            if progress:
-                progress.update(len(expected))
-            continue
-        seen = []
-        try:
-            reader = FileReader(str(path), num_consumer=1)
-            try:
-                for rec in reader.get_next():
-                    rid = rec["id"]
-                    seen.append(rid)
-                    want = expected[len(seen) - 1] if len(seen) <= len(expected) else None
-                    if want is None or want["id"] != rid:
-                        report.add(path, f"record {len(seen) - 1} is {rid!r}, manifest says "
-                                         f"{want['id'] if want else 'no more records'!r}")
-                    else:
-                        _check_record(rec, want, report, path)
-                    if progress:
-                        progress.update(1)
-            finally:
-                reader.close()
-        except Exception as err:  # MindSpore raises RuntimeError/MRMError variants for damaged files
-            report.add(path, f"unreadable ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})")
-        if len(seen) != len(expected):
-            report.add(path, f"{len(seen)} records read, manifest lists {len(expected)}")
-            if progress and len(seen) < len(expected):
-                progress.update(len(expected) - len(seen))
-        report.records += len(seen)
+        report.records += _verify_shard(split_dir / name, by_shard[name], report, progress)
     return report
+
+
+def _verify_shard(path: Path, expected: list, report: SplitReport, progress=None) -> int:
+    """Check one shard's records against its manifest rows; returns the number of records read."""
+    from mindspore.mindrecord import FileReader
+
+    missing = [p for p in (path, Path(f"{path}.db")) if not p.is_file()]
+    for p in missing:
+        report.add(p, "missing")
+    if missing:
+        if progress:
+            progress.update(len(expected))
+        return 0
+    seen = []
+    try:
+        reader = FileReader(str(path), num_consumer=1)
+        try:
+            for rec in reader.get_next():
+                rid = rec["id"]
+                seen.append(rid)
+                want = expected[len(seen) - 1] if len(seen) <= len(expected) else None
+                if want is None or want["id"] != rid:
+                    report.add(path, f"record {len(seen) - 1} is {rid!r}, manifest says "
+                                     f"{want['id'] if want else 'no more records'!r}")
+                else:
+                    _check_record(rec, want, report, path)
+                if progress:
+                    progress.update(1)
+        finally:
+            reader.close()
+    except Exception as err:  # MindSpore raises RuntimeError/MRMError variants for damaged files
+        report.add(path, f"unreadable ({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})")
+    if len(seen) != len(expected):
+        report.add(path, f"{len(seen)} records read, manifest lists {len(expected)}")
+        if progress and len(seen) < len(expected):
+            progress.update(len(expected) - len(seen))
+    return len(seen)
+
+
+def find_damage(out_dir, split: str, start_row: int = 0):
+    """(file, problem) of the first damaged shard at or after the one holding manifest row
+    `start_row`, checked as `verify` checks; None if none is found. Readers that fail mid-stream
+    (their pipelines read ahead and name no file) call this to name the shard."""
+    rows = read_manifest(out_dir, split).to_pylist()
+    by_shard: dict[str, list] = {}
+    for row in rows:
+        by_shard.setdefault(row["shard"], []).append(row)
+    names = list(by_shard)
+    first = names.index(rows[start_row]["shard"]) if start_row < len(rows) else 0
+    for name in names[first:]:
+        report = SplitReport(split)
+        _verify_shard(Path(out_dir) / split / name, by_shard[name], report)
+        if report.problems:
+            return report.problems[0]
+    return None
 
 
 def verify_output(out_dir, splits=None, progress_factory=None) -> list[SplitReport]:

@@ -9,6 +9,7 @@ object, so a small model can learn the classes from appearance.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from prep.atomic import write_bytes_atomic
+from prep.errors import PrepError
 from prep.labels import LABELS
+from prep.ownership import make_staging, swap_in, why_not_replaceable
 from prep.polygons import draw
 
 CITIES = {
@@ -264,16 +267,29 @@ def frames(split: str, n: int) -> list[tuple[str, str]]:
     return [(used[i % len(used)], sample_id(used[i % len(used)], i // len(used))) for i in range(n)]
 
 
+SAMPLE_KIND = "make-sample tree"
+
+
 def make_sample(out, n_train: int = 24, n_val: int = 8, height: int = 256, width: int = 512, seed: int = 0,
                 progress=None) -> dict[str, int]:
+    """Write the tree into a hidden sibling and swap it in whole: an earlier make-sample tree is
+    replaced (no stale frames mix in), any other non-empty folder is refused (prep/ownership.py)."""
     out = Path(out)
-    counts = {}
-    for split_index, (split, n) in enumerate((("train", n_train), ("val", n_val))):
-        for i, (city, sid) in enumerate(frames(split, n)):
-            rng = np.random.default_rng([seed, split_index, i])
-            write_frame(out, split, city, sid, height, width, rng)
-            if progress:
-                progress.update(1, postfix=sid)
-        counts[split] = n
+    reason = why_not_replaceable(out, SAMPLE_KIND)
+    if reason is not None:
+        raise PrepError(f"{out}: {reason}; make-sample writes into a new or empty folder")
+    staging = make_staging(out)
+    try:
+        counts = {}
+        for split_index, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+            for i, (city, sid) in enumerate(frames(split, n)):
+                rng = np.random.default_rng([seed, split_index, i])
+                write_frame(staging, split, city, sid, height, width, rng)
+                if progress:
+                    progress.update(1, postfix=sid)
+            counts[split] = n
+        swap_in(staging, out, SAMPLE_KIND)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return counts
 

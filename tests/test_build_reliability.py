@@ -42,11 +42,11 @@ def committed(out: Path, bookkeeping: bool = True) -> dict:
             and (bookkeeping or not any(part.startswith(".") for part in p.relative_to(out).parts))}
 
 
-def damage_record_in_place(out: Path, key: str) -> Path:
+def damage_record_in_place(out: Path, key: str, shard: Path | None = None) -> Path:
     """Flip one byte in the middle of the first record's `key` bytes inside its shard (same size)."""
     from mindspore.mindrecord import FileReader
 
-    shard = out / "train" / "train.mindrecord000"
+    shard = shard or out / "train" / "train.mindrecord000"
     reader = FileReader(str(shard), num_consumer=1)
     record = next(reader.get_next())
     reader.close()

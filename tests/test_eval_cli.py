@@ -300,3 +300,33 @@ def test_unwritable_outputs_are_refused_before_the_model_loads(built, tmp_path, 
         r = run("eval", "--checkpoint", built["ckpt"], "--data", built["out"], *extra)
         assert r.exit_code == 2, r.output + r.stderr
         assert f"error: {locked}" in r.stderr and "Read-only file system" in r.stderr
+
+
+def test_damaged_record_names_its_shard_and_record(built, tmp_path):
+    from test_build_reliability import damage_record_in_place
+
+    out = tmp_path / "mindrecord"
+    shutil.copytree(built["out"], out)
+    shards = sorted(p for p in (out / "val").glob("val.mindrecord*") if p.suffix != ".db")
+    damage_record_in_place(out, "image", shards[1])  # the PNG no longer decodes; the shard reads fine
+    r = run("eval", "--checkpoint", built["ckpt"], "--data", out)
+    assert r.exit_code == 2, r.output + r.stderr
+    assert f"{shards[1]}: damaged shard (record " in r.stderr and "image bytes damaged" in r.stderr, r.stderr
+
+
+def test_inspect_pipeline_on_a_damaged_shard(built, tmp_path):
+    from configs.schema import Config, save_config
+
+    out = tmp_path / "mindrecord"
+    shutil.copytree(built["out"], out)
+    for shard in (out / "val").glob("val.mindrecord*"):
+        if shard.suffix != ".db":
+            with open(shard, "r+b") as fh:
+                fh.truncate(fh.seek(0, 2) // 3)
+    cfg = tmp_path / "c.yaml"
+    save_config(apply_overrides(Config(), ["data.train_split=val", "data.crop_size=64", "data.base_size=[192,96]",
+                                           "data.num_parallel_workers=1"], "test"), cfg)
+    r = run("inspect-pipeline", "--config", cfg, "--data", out, "--out", tmp_path / "look", "--n", 2)
+    assert r.exit_code == 2 and f"error: {out / 'val'}: reading the shards failed in inspect-pipeline" in r.stderr, \
+        r.output + r.stderr
+    assert "Traceback" not in r.stderr

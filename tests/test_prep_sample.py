@@ -154,3 +154,32 @@ def test_label_png_round_trips_in_every_decoder(shape):
     pil = Image.open(io.BytesIO(data))
     assert pil.mode == "L"
     np.testing.assert_array_equal(np.asarray(pil), labels)
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_rerun_replaces_an_earlier_tree_whole_and_refuses_other_folders(tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    out = tmp_path / "cs"
+    args = ["make-sample", "--out", str(out), "--height", "32", "--width", "64", "--val", "0"]
+    assert CliRunner().invoke(cli.main, args + ["--train", "4"]).exit_code == 0
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert CliRunner().invoke(cli.main, args + ["--train", "2"]).exit_code == 0
+    images = sorted(p.name for p in (out / "leftImg8bit" / "train").rglob("*.png"))
+    assert len(images) == 2  # no stale frames of the 4-frame tree mixed in
+    (out / "notes.txt").write_text("mine")  # now the user's folder too
+    before = {name: (out / name).read_bytes() for name in _tree(out)}
+    r = CliRunner(mix_stderr=False).invoke(cli.main, args + ["--train", "3"])
+    assert r.exit_code == 2 and f"error: {out}: not empty and not an earlier make-sample tree" in r.stderr
+    assert {name: (out / name).read_bytes() for name in _tree(out)} == before
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"\xff\xd8")
+    r = CliRunner(mix_stderr=False).invoke(cli.main, ["make-sample", "--out", str(foreign)])
+    assert r.exit_code == 2 and "not an earlier make-sample tree" in r.stderr
+    assert _tree(foreign) == ["holiday.jpg"] and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -250,3 +250,27 @@ def test_truncated_shard_is_an_error_naming_the_split(tiny_data, tmp_path):
     code, out = run_cli("--config", cfg, "--data", damaged, "--out", tmp_path / "run")
     assert code == 2 and str(damaged / "train") in out and "truncated or damaged" in out, out
     assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_new_run_refuses_a_non_empty_folder_without_checkpoints(tiny_data, tmp_path):
+    """A run killed before its first checkpoint, or any user folder: config.yaml and metrics.jsonl stay."""
+    cfg_path = write_tiny_config(tmp_path / "tiny.yaml")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("mine: 1\n")
+    (folder / "metrics.jsonl").write_text('{"step": 1}\n')
+    before = _snapshot(folder)
+    code, out = run_cli("--config", cfg_path, "--data", tiny_data, "--out", folder)
+    assert code == 2 and f"error: {folder}: not empty (config.yaml, metrics.jsonl)" in out, out
+    assert _snapshot(folder) == before
+
+
+def test_resuming_a_finished_run_names_its_last_checkpoint(full_run, tiny_data, tmp_path):
+    _, run, _ = full_run
+    done = tmp_path / "run"
+    shutil.copytree(run, done)
+    before = _snapshot(done / "checkpoints")
+    code, out = run_cli("--data", tiny_data, "--out", done, "--resume")
+    assert code == 0, out
+    assert "already finished" in out and f"last checkpoint {done / 'checkpoints' / 'step_0000006.ckpt'}" in out
+    assert "last checkpoint None" not in out and _snapshot(done / "checkpoints") == before

@@ -179,3 +179,18 @@ def test_normalize_batch_is_the_formula_with_zero_padding():
     assert np.allclose(out[0], want[0], atol=1e-5)
     assert np.allclose(out[1, :, :4, :3], want[1, :, :4, :3], atol=1e-5)
     assert (out[1, :, 4:] == 0).all() and (out[1, :, :, 3:] == 0).all()
+
+
+def test_dynamic_loss_scale_moves_by_a_fractional_factor():
+    import mindspore as ms
+
+    cfg = apply_overrides(Config(), ["train.loss_scale.init_scale=1024.0", "train.loss_scale.factor=1.5",
+                                     "train.loss_scale.window=2"], "test")
+    scaler = build_loss_scaler(cfg.train)
+    finite, overflow = ms.Tensor(True), ms.Tensor(False)
+    seen = []
+    for grads_finite in (overflow, finite, finite, overflow):
+        scaler.adjust(grads_finite)
+        seen.append(float(scaler.scale_value.asnumpy()))
+    # 1024 / 1.5, unchanged after one finite step, x 1.5 after the window of 2, / 1.5 again.
+    np.testing.assert_allclose(seen, [1024 / 1.5, 1024 / 1.5, 1024.0, 1024 / 1.5], rtol=1e-6)

@@ -130,6 +130,13 @@ def _prepare(cfg: Config | None, run: Run, resume: bool, given_config: bool):
         if existing or (run.ckpt_dir / BEST).exists():
             raise TrainError(f"{run.ckpt_dir}: the run already has checkpoints; pass --resume to continue it "
                              "or choose a new --out")
+        if run.root.exists() and not run.root.is_dir():
+            raise TrainError(f"{run.root}: exists and is not a folder")
+        # Every rank checks before the collective init, so no rank has written anything yet.
+        held = sorted(p.name for p in run.root.iterdir()) if run.root.is_dir() else []
+        if held:
+            raise TrainError(f"{run.root}: not empty ({', '.join(held[:5])}{' ...' if len(held) > 5 else ''}); "
+                             "a new run needs a new or empty folder, and nothing in it is overwritten")
         return cfg, None
     if not existing:
         raise TrainError(f"{run.ckpt_dir}: no checkpoint to resume from (step_*.ckpt); "
@@ -307,6 +314,9 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
             raise TrainError(f"{data_root}/{cfg.data.train_split}: epoch {epoch} yielded no batch after skipping {skip}")
     if progress is not None:
         progress.close()
+    if result.last_checkpoint is None and resume_from is not None:
+        result.last_checkpoint = str(resume_from)  # resumed a finished run: nothing left to do
+        log(f"the run had already finished: {resume_from} is at step {step}/{total}")
     result.seconds = time.perf_counter() - start_time
     result.best_miou = best_miou if best_miou >= 0 else None
     result.net = net
