@@ -56,7 +56,8 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     pixel_accuracy, images, seconds. A split without ground truth (test) yields None scores.
     `save_predictions` (a folder) receives labelIds and colour PNGs, complete or not at all.
     `timings`, if given, is filled with seconds spent waiting for input, in sliding-window
-    inference, in argmax, in metric accumulation and in writing predictions.
+    inference (the argmax included: it runs band by band there; the `argmax` entry stays 0), in
+    metric accumulation and in writing predictions.
     """
     if cfg.model.n_cls != NUM_CLASSES:
         source = checkpoint or "the model config"

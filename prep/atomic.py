@@ -22,6 +22,10 @@ def atomic_path(path, suffix: str | None = None):
         # mkstemp and MindSpore create 0600/0400 files; outputs are ordinary shareable files.
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as err:  # name the file the user asked for, not the temporary one
+        if err.filename is None or Path(err.filename).name.startswith(f".{path.name}."):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -147,3 +147,13 @@ def test_windows_and_sizes_no_machine_can_run(ckpt, tmp_path, monkeypatch):
     r = run("export", "--checkpoint", ckpt, "--out", tmp_path / "m.mindir", "--size", "100000x100000")
     assert r.exit_code == 2 and "--size 100000x100000: one forward" in r.stderr
     assert not (tmp_path / "m.mindir").exists()
+
+
+def test_convert_weights_and_export_into_a_read_only_folder(ckpt, tmp_path, read_only):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    read_only(locked)
+    r = run("convert-weights", GOLDEN / "seg_golden_mask", "--out", locked / "x.ckpt")
+    assert r.exit_code == 2 and f"error: {locked / 'x.ckpt'}: Read-only file system" in r.stderr, r.stderr
+    r = run("export", "--checkpoint", ckpt, "--out", locked / "m.mindir", "--size", "64x64")
+    assert r.exit_code == 2 and f"error: {locked / 'm.mindir'}: Read-only file system" in r.stderr, r.stderr
