@@ -84,14 +84,20 @@ def make_sample_cmd(out, n_train, n_val, height, width, seed):
                f"in {out} ({seconds:.1f}s, {(n_train + n_val) / max(seconds, 1e-9):.1f} images/s)")
 
 
-def _check_window_fits(cfg, option: str) -> None:
-    """A window whose forward cannot fit this machine's memory is refused before any work."""
+def _check_forward_fits(cfg, height: int, width: int, batch: int, option: str, advice: str = "") -> None:
+    """A forward that cannot fit this machine's memory is refused before any work."""
     from model.memory import too_large
 
-    e = cfg.eval
-    reason = too_large(cfg.model, e.window_size, e.window_size, e.batch_windows)
+    reason = too_large(cfg.model, height, width, batch)
     if reason is not None:
-        raise UserError(f"{option} {e.window_size}: {reason}; use a smaller window (or --batch-windows)")
+        raise UserError(f"{option}: {reason}{advice}")
+
+
+def _check_window_fits(cfg, given: bool) -> None:
+    e = cfg.eval
+    _check_forward_fits(cfg, e.window_size, e.window_size, e.batch_windows,
+                        f"{'--window' if given else 'eval.window_size'} {e.window_size}",
+                        "; use a smaller window (or --batch-windows)")
 
 
 def _parse_splits(ctx, param, value):
@@ -198,7 +204,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     try:
         cfg = resolve_config(checkpoint, config)
         cfg = apply_overrides(cfg, [f"eval.{k}={v}" for k, v in settings.items() if v is not None], "eval options")
-        _check_window_fits(cfg, "--window" if window else "eval.window_size")
+        _check_window_fits(cfg, window is not None)
         split_shard_files(data, split)  # fail on a missing split before loading the model
     except (ConfigError, MindRecordError) as err:
         raise UserError(str(err)) from None
@@ -359,7 +365,7 @@ def predict_cmd(images, checkpoint, config, out, window, stride, infer_size, fli
         if stride is not None and not 0 < stride <= (window or cfg.eval.window_size):
             raise UserError(f"--stride {stride}: must be in 1..window ({window or cfg.eval.window_size})")
         cfg = apply_overrides(cfg, [f"eval.{k}={v}" for k, v in settings.items() if v is not None], "predict options")
-        _check_window_fits(cfg, "--window" if window else "eval.window_size")
+        _check_window_fits(cfg, window is not None)
         check_images(images, out)
         check_output(cfg, out)
     except (ConfigError, PredictError) as err:
@@ -406,11 +412,7 @@ def export_cmd(checkpoint, config, out, size):
         cfg = resolve_config(checkpoint, config)
     except ConfigError as err:
         raise UserError(str(err)) from None
-    from model.memory import too_large
-
-    reason = too_large(cfg.model, h, w)
-    if reason is not None:
-        raise UserError(f"--size {size}: {reason}")
+    _check_forward_fits(cfg, h, w, 1, f"--size {size}")
 
     from model.checkpoint import export_mindir, load_model
     from model.runtime import setup_context

@@ -4,7 +4,8 @@ Contenders, run in one process on the same images, model and cores (the machine 
 the ratio between contenders measured together is what means most):
 
   ours   evaluate.evaluator.evaluate_split: shards streamed with C decode/normalize, the project's
-         sliding_window_probs (float32 merge), block argmax, bincount confusion matrix.
+         sliding_window_predict (float32 merge in row bands, argmax per band: ours' argmax time
+         is part of its merge), bincount confusion matrix.
   seed   the earlier port's merge: the same windows and batches, but every window's logits
          copied into a float64 numpy canvas per image, float64 softmax, argmax, same metric.
 

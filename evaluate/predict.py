@@ -7,7 +7,6 @@ into its `.npy` file; nothing of size n_cls x H x W is held.
 """
 from __future__ import annotations
 
-import errno
 import time
 from pathlib import Path
 
@@ -43,13 +42,11 @@ def _open_image(path: Path):
 def read_rgb(path) -> np.ndarray:
     """HxWx3 uint8 RGB; a clear error naming the file if it is not a readable image."""
     path = Path(path)
-    try:
-        with _open_image(path) as im:
+    with _open_image(path) as im:
+        try:
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as err:
-        if isinstance(err, PredictError):
-            raise
-        raise PredictError(f"{path}: not a readable image ({err})") from None
+        except (OSError, ValueError, SyntaxError) as err:
+            raise PredictError(f"{path}: not a readable image ({err})") from None
 
 
 def check_images(paths, out_dir=None) -> None:
@@ -58,13 +55,11 @@ def check_images(paths, out_dir=None) -> None:
     seen = {}
     inputs = {Path(p).resolve() for p in paths}
     for p in map(Path, paths):
-        try:
-            with _open_image(p) as im:
+        with _open_image(p) as im:
+            try:
                 im.verify()
-        except (OSError, ValueError, SyntaxError) as err:
-            if isinstance(err, PredictError):
-                raise
-            raise PredictError(f"{p}: not a readable image ({err})") from None
+            except (OSError, ValueError, SyntaxError) as err:
+                raise PredictError(f"{p}: not a readable image ({err})") from None
         if p.stem in seen:
             raise PredictError(f"{p}: same output name {p.stem!r} as {seen[p.stem]}")
         seen[p.stem] = p
@@ -169,8 +164,7 @@ def predict_images(net, cfg, paths, out_dir, save_probs: bool = False) -> dict:
             pixels += predict_image(net, cfg, p, out_dir, save_probs)
             progress.update(1, postfix=p.name)
     except OSError as err:  # a full disk while writing: name the file, keep what was written
-        raise PredictError(f"{err.filename or out_dir}: cannot write ({err.strerror or errno.errorcode.get(err.errno)})") \
-            from None
+        raise PredictError(f"{err.filename or out_dir}: cannot write ({err.strerror or err})") from None
     finally:
         progress.close()
     seconds = time.time() - start

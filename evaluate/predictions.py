@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from prep.atomic import check_can_create_dir
 from prep.labels import colorize, train_to_label_lut
 from prep.ownership import make_staging, swap_in, why_not_replaceable
 
@@ -44,13 +45,14 @@ def overlay(rgb: np.ndarray, train_ids: np.ndarray) -> np.ndarray:
 
 
 def check_prediction_dir(out_dir) -> None:
-    """Fail before any work if `out_dir` may not be replaced or its parent cannot be written."""
+    """Fail before any work (creating nothing) if `out_dir` may not be replaced or its parent
+    cannot be written."""
     out = Path(out_dir)
     reason = why_not_replaceable(out, KIND)
     if reason is not None:
         raise PredictionError(f"{out}: {reason}; choose another directory")
     try:
-        shutil.rmtree(make_staging(out))  # proves the parent is writable
+        check_can_create_dir(out.parent)
     except OSError as err:
         raise PredictionError(f"{out}: cannot write predictions here ({err.strerror or err})") from None
 

@@ -42,14 +42,13 @@ def scaled_size(h: int, w: int, scale: float):
     return max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)
 
 
-def _runs(h: int, w: int, flip: bool, scales) -> list[tuple[float, bool]]:
+def _runs(flip: bool, scales) -> list[tuple[float, bool]]:
     return [(scale, flipped) for scale in scales for flipped in ((False, True) if flip else (False,))]
 
 
 def run_sizes(h: int, w: int, window: int, flip: bool, scales) -> list[tuple[int, int]]:
     """The working (canvas) size of every run over an h x w image."""
-    return [upscaled_size(*scaled_size(h, w, scale), window) if scale != 1.0 else upscaled_size(h, w, window)
-            for scale, _ in _runs(h, w, flip, scales)]
+    return [upscaled_size(*scaled_size(h, w, scale), window) for scale, _ in _runs(flip, scales)]
 
 
 def count_windows(h: int, w: int, window: int, stride: int, flip: bool = False, scales=(1.0,)) -> int:
@@ -132,7 +131,7 @@ def probability_bands(net, image: np.ndarray, n_cls: int, window: int, stride: i
     window_anchors(window, window, stride)  # validates window and stride before any work
     _, h, w = image.shape
     out_h, out_w = out_size if out_size is not None else (h, w)
-    runs = _runs(h, w, flip, scales)
+    runs = _runs(flip, scales)
     bands = output_bands(n_cls, out_h, out_w)
     canvas_bytes = [4 * n_cls * rh * rw for rh, rw in run_sizes(h, w, window, flip, scales)]
     accumulate = len(runs) > 1 and 4 * n_cls * out_h * out_w + max(canvas_bytes) < sum(canvas_bytes)

@@ -81,10 +81,10 @@ def _check_record(rec: dict, expect: dict, report: SplitReport, shard: Path) -> 
         if rec[key] != expect[key]:
             report.add(shard, f"{where}: {key} {rec[key]!r} != manifest {expect[key]!r}")
     # Decoders accept much damage silently (libjpeg decodes altered data with a warning), so the
-    # stored bytes must also have the CRC-32 the build recorded.
+    # stored bytes must also have the CRC-32 the build recorded (manifests before format 3 lack it).
     for key in ("image", "label"):
         crc = crc32_hex(rec[key])
-        if crc != expect[f"{key}_crc32"]:
+        if f"{key}_crc32" in expect and crc != expect[f"{key}_crc32"]:
             report.add(shard, f"{where}: {key} bytes damaged (CRC-32 {crc}, built as {expect[f'{key}_crc32']})")
     h, w = int(rec["height"]), int(rec["width"])
     image = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_UNCHANGED)
@@ -122,11 +122,8 @@ def verify_split(out_dir, split: str, progress=None) -> SplitReport:
     if "image_crc32" not in table.column_names:
         report.add(split_dir / MANIFEST, "built by an older version without the stored bytes' checksums; "
                                          "rerun build-mindrecord to bring it up to date")
-        return report
     rows = table.to_pylist()
-    by_shard: dict[str, list] = {}
-    for row in rows:
-        by_shard.setdefault(row["shard"], []).append(row)
+    by_shard = _rows_by_shard(rows)
     report.shards = len(by_shard)
     listed = set(by_shard)
     for stray in sorted(p.name for p in split_dir.glob(f"{split}.mindrecord*") if not p.name.endswith(".db")):
@@ -142,6 +139,14 @@ def verify_split(out_dir, split: str, progress=None) -> SplitReport:
     for name in sorted(by_shard):
         report.records += _verify_shard(split_dir / name, by_shard[name], report, progress)
     return report
+
+
+def _rows_by_shard(rows: list) -> dict[str, list]:
+    """Manifest rows grouped by shard, in manifest (shard) order."""
+    by_shard: dict[str, list] = {}
+    for row in rows:
+        by_shard.setdefault(row["shard"], []).append(row)
+    return by_shard
 
 
 def _verify_shard(path: Path, expected: list, report: SplitReport, progress=None) -> int:
@@ -186,9 +191,7 @@ def find_damage(out_dir, split: str, start_row: int = 0):
     `start_row`, checked as `verify` checks; None if none is found. Readers that fail mid-stream
     (their pipelines read ahead and name no file) call this to name the shard."""
     rows = read_manifest(out_dir, split).to_pylist()
-    by_shard: dict[str, list] = {}
-    for row in rows:
-        by_shard.setdefault(row["shard"], []).append(row)
+    by_shard = _rows_by_shard(rows)
     names = list(by_shard)
     first = names.index(rows[start_row]["shard"]) if start_row < len(rows) else 0
     for name in names[first:]:

@@ -161,3 +161,21 @@ def test_malformed_polygons(root, tmp_path, polygon, message):
     poly.write_text(json.dumps(doc))
     r = build(root, tmp_path / "out")
     assert r.exit_code == 2 and f"error: {poly}: object 1" in r.stderr and message in r.stderr, r.stderr
+
+
+def test_verify_of_a_manifest_from_before_format_3(root, tmp_path):
+    """No stored-bytes CRC columns: said so, and every other check still runs."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    assert build(root, out).exit_code == 0
+    manifest = out / "train" / "manifest.parquet"
+    pq.write_table(pq.read_table(manifest).drop(["image_crc32", "label_crc32"]), manifest)
+    (report,) = verify_output(out)
+    assert [m for _, m in report.problems] == [
+        "built by an older version without the stored bytes' checksums; rerun build-mindrecord to bring it up to date"]
+    shard = out / "train" / "train.mindrecord001"
+    with open(shard, "r+b") as fh:
+        fh.truncate(fh.seek(0, 2) // 3)
+    (report,) = verify_output(out)
+    assert any(path == str(shard) for path, _ in report.problems), report.problems
