@@ -18,7 +18,7 @@ demo: $(VENV)/.installed
 	rm -rf $(DEMO)/run
 	$(PY) cli.py train --config configs/seg_tiny_demo.yaml --data $(DEMO)/mindrecord --out $(DEMO)/run
 	$(PY) cli.py eval --checkpoint "$$(ls $(DEMO)/run/checkpoints/step_*.ckpt | tail -n 1)" --data $(DEMO)/mindrecord --split val
-	$(PY) -m train.baseline --data $(DEMO)/mindrecord --split val
+	$(PY) -m evaluate.baseline --data $(DEMO)/mindrecord --split val
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

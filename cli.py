@@ -66,7 +66,7 @@ def make_sample_cmd(out, n_train, n_val, height, width, seed):
     import time
 
     from prep.errors import PrepError
-    from prep.progress import Progress
+    from base.progress import Progress
     from prep.sample import make_sample
 
     start = time.perf_counter()
@@ -139,7 +139,7 @@ def verify_cmd(out, splits):
     import time
 
     from mindrecords.reader import MindRecordError, verify_output
-    from prep.progress import Progress
+    from base.progress import Progress
 
     start = time.perf_counter()
     try:
@@ -179,12 +179,12 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     """Sliding-window evaluation of CKPT on a built split: official Cityscapes mIoU."""
     from pathlib import Path
 
-    from configs.schema import ConfigError, apply_overrides, resolve_config
+    from settings.schema import ConfigError, apply_overrides, resolve_config
     from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, EvalError, evaluate_split, write_metrics_json
     from evaluate.metrics import format_table
     from evaluate.predictions import PredictionError, check_prediction_dir
     from mindrecords.reader import MindRecordError, split_shard_files
-    from prep.atomic import check_writable_dir
+    from base.atomic import check_writable_dir
 
     if not Path(checkpoint).is_file():
         raise UserError(f"{checkpoint}: checkpoint not found")
@@ -210,7 +210,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
         raise UserError(str(err)) from None
 
     from model.checkpoint import CheckpointError, load_model
-    from model.runtime import setup_context
+    from base.device import setup_context
 
     setup_context(cfg.device_target, cfg.mode, cfg.seed)
     try:
@@ -248,7 +248,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
               help="Override a config key, e.g. --set train.iterations=200 (repeatable).")
 def train_cmd(config, data, out, resume, overrides):
     """Train Segmenter on the built train split; validate, checkpoint, resume; msrun for data parallel."""
-    from configs.schema import ConfigError, apply_overrides, load_config
+    from settings.schema import ConfigError, apply_overrides, load_config
     from mindrecords.reader import MindRecordError
     from train.checkpoint import TrainError
 
@@ -282,10 +282,10 @@ def inspect_pipeline_cmd(config, data, n, out, overrides):
     """Save N augmented training samples as image | image+label overlay PNGs."""
     import time
 
-    from configs.schema import ConfigError, apply_overrides, load_config
+    from settings.schema import ConfigError, apply_overrides, load_config
     from mindrecords.reader import MindRecordError
     from mindrecords.train_pipeline import save_inspection
-    from prep.progress import Progress
+    from base.progress import Progress
 
     start = time.perf_counter()
     try:
@@ -313,7 +313,7 @@ def convert_weights_cmd(src, out, config):
     """Import SRC: an official Segmenter release (checkpoint.pth + variant.yml, or its folder) or a Google ViT .npz."""
     from pathlib import Path
 
-    from configs.schema import ConfigError, config_beside, load_config
+    from settings.schema import ConfigError, config_beside, load_config
     from model.checkpoint import CheckpointError
     from model.torch_pickle import TorchFileError
 
@@ -350,7 +350,7 @@ def predict_cmd(images, checkpoint, config, out, window, stride, infer_size, fli
     """Sliding-window prediction: OUT/{stem}.png (trainIds) and OUT/{stem}_color.png per IMAGE."""
     from pathlib import Path
 
-    from configs.schema import ConfigError, apply_overrides, resolve_config
+    from settings.schema import ConfigError, apply_overrides, resolve_config
     from evaluate.predict import PredictError, check_images, check_output, predict_images
     from model.checkpoint import CheckpointError
 
@@ -372,7 +372,7 @@ def predict_cmd(images, checkpoint, config, out, window, stride, infer_size, fli
         raise UserError(str(err)) from None
 
     from model.checkpoint import load_model
-    from model.runtime import setup_context
+    from base.device import setup_context
 
     setup_context(cfg.device_target, cfg.mode, cfg.seed)
     try:
@@ -395,7 +395,7 @@ def export_cmd(checkpoint, config, out, size):
     """Export CKPT as MindIR for deployment: input (1,3,H,W) normalized float32, output logits."""
     from pathlib import Path
 
-    from configs.schema import ConfigError, resolve_config
+    from settings.schema import ConfigError, resolve_config
     from model.checkpoint import CheckpointError
 
     try:
@@ -415,7 +415,7 @@ def export_cmd(checkpoint, config, out, size):
     _check_forward_fits(cfg, h, w, 1, f"--size {size}")
 
     from model.checkpoint import export_mindir, load_model
-    from model.runtime import setup_context
+    from base.device import setup_context
 
     setup_context(cfg.device_target, "graph", cfg.seed)
     try:

@@ -38,12 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 import mindspore as ms  # noqa: E402
 
-from configs.schema import Config, apply_overrides, load_config  # noqa: E402
+from settings.schema import Config, apply_overrides, load_config  # noqa: E402
 from evaluate.evaluator import evaluate_split  # noqa: E402
 from evaluate.metrics import ConfusionMatrix  # noqa: E402
 from evaluate.sliding_window import window_anchors  # noqa: E402
 from mindrecords.eval_pipeline import eval_dataset  # noqa: E402
-from model.runtime import setup_context  # noqa: E402
+from base.device import setup_context  # noqa: E402
 from model.segmenter import build_segmenter  # noqa: E402
 
 HEIGHT, WIDTH = 1024, 2048

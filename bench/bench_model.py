@@ -33,9 +33,9 @@ def child(args) -> dict:
     import numpy as np
     import mindspore as ms
 
-    from configs.schema import load_config
+    from settings.schema import load_config
     from evaluate.sliding_window import sliding_window_probs
-    from model.runtime import setup_context
+    from base.device import setup_context
     from model.segmenter import build_segmenter
 
     setup_context("CPU", args.mode, 0)

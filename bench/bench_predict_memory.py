@@ -50,9 +50,9 @@ def prepare(work: Path, size: int, config: str) -> tuple[Path, Path]:
         Image.fromarray(rgb).save(image)
     if not ckpt.exists():
         sys.path.insert(0, str(REPO))
-        from configs.schema import load_config
+        from settings.schema import load_config
         from model.checkpoint import save_model
-        from model.runtime import setup_context
+        from base.device import setup_context
         from model.segmenter import build_segmenter
 
         cfg = load_config(config)

@@ -3,7 +3,7 @@
 Compares, each in its own process (so peak RSS is per variant):
   per_block train.block_step.PerBlockTrainStep (the default, `train.step_graph: per_block`):
             one template block's forward and recompute+vjp graphs shared by all blocks, GRAPH_MODE
-  whole     train.step.TrainStep, one forward+backward graph (`train.step_graph: whole`), GRAPH_MODE
+  whole     train.whole_step.TrainStep, one forward+backward graph (`train.step_graph: whole`), GRAPH_MODE
   pynative  the per-block step in PyNative mode (config `mode: pynative`)
   plain     the step written plainly: nn.WithLossCell + nn.TrainOneStepCell (no loss scale, no
             clip), loss as one composed expression (one-hot * log_softmax), GRAPH_MODE
@@ -60,12 +60,14 @@ def run_variant(args) -> dict:
     import mindspore as ms
     from mindspore import nn, ops
 
-    from configs.schema import Config, apply_overrides
-    from model.runtime import setup_context
+    from settings.schema import Config, apply_overrides
+    from base.device import setup_context
     from model.segmenter import build_segmenter
     from train.loss import SegCrossEntropy
     from train.optim import build_optimizer
-    from train.step import apply_amp, build_loss_scaler, build_train_step, lr_tensor
+    from train.loss_scale import build_loss_scaler
+    from train.precision import apply_amp
+    from train.step import build_train_step, lr_tensor
 
     step_graph = "whole" if args.variant == "whole" else "per_block"
     cfg = apply_overrides(Config(), [f"data.crop_size={args.crop}", f"train.batch_size={args.batch}",

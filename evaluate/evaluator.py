@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.schema import Config
+from settings.schema import Config
 from evaluate.metrics import ConfusionMatrix, compute_metrics
 from evaluate.predictions import PredictionWriter
 from evaluate.sliding_window import sliding_window_predict
 from mindrecords.eval_pipeline import eval_dataset
 from mindrecords.reader import MindRecordError, find_damage, split_shard_files
-from prep.atomic import write_text_atomic
-from prep.errors import mindspore_detail
-from prep.labels import NUM_CLASSES
-from prep.progress import Progress
+from base.atomic import write_text_atomic
+from base.errors import mindspore_detail
+from base.labels import NUM_CLASSES
+from base.progress import Progress
 
 # Splits whose labels are all void (the benchmark keeps the test ground truth private).
 NO_GROUND_TRUTH_SPLITS = ("test",)

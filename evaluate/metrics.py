@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from prep.labels import CATEGORIES, CLASS_NAMES, IGNORE, NUM_CLASSES, category_of_class
+from base.labels import CATEGORIES, CLASS_NAMES, IGNORE, NUM_CLASSES, category_of_class
 
 
 class ConfusionMatrix:

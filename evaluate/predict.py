@@ -15,10 +15,10 @@ from PIL import Image, UnidentifiedImageError
 
 from evaluate.sliding_window import count_windows, sliding_window_predict
 from mindrecords.eval_pipeline import inference_size
-from model.interpolate import resize_bilinear, source_rows
-from prep.atomic import atomic_path, check_can_create_dir
-from prep.labels import NUM_CLASSES, colorize
-from prep.progress import Progress
+from base.resize import resize_bilinear, source_rows
+from base.atomic import atomic_path, check_can_create_dir
+from base.labels import NUM_CLASSES, colorize
+from base.progress import Progress
 
 WINDOW_PROGRESS = 16  # an image with more windows than this shows a bar of its own
 INPUT_BAND_ROWS = 256

@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from prep.atomic import check_can_create_dir
-from prep.labels import colorize, train_to_label_lut
-from prep.ownership import make_staging, swap_in, why_not_replaceable
+from base.atomic import check_can_create_dir
+from base.labels import colorize, train_to_label_lut
+from base.ownership import make_staging, swap_in, why_not_replaceable
 
 MANIFEST = "manifest.json"
 KIND = "prediction set"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import mindspore as ms
 
-from model.interpolate import resize_bilinear, source_rows
+from base.resize import resize_bilinear, source_rows
 
 TILE_BYTES = 32 << 20  # float32 probabilities per output band
 

@@ -25,7 +25,7 @@ from typing import Sequence, Tuple
 import cv2
 import numpy as np
 
-from prep.labels import IGNORE
+from base.labels import IGNORE
 
 
 def rescale_size(height: int, width: int, base_size: Sequence[int], ratio: float) -> Tuple[int, int]:

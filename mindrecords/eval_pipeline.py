@@ -17,9 +17,9 @@ import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 import numpy as np
 
-from configs.schema import Config
+from settings.schema import Config
 from mindrecords.reader import split_shard_files
-from model.interpolate import resize_bilinear
+from base.resize import resize_bilinear
 
 COLUMNS = ["id", "city", "image", "label"]
 

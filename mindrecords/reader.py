@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mindrecords.schema import MANIFEST, PIXEL_COLUMNS, STATE_DIR, SUMMARY
-from prep.checksums import crc32_hex
-from prep.labels import IGNORE, NUM_CLASSES
+from base.checksums import crc32_hex
+from base.labels import IGNORE, NUM_CLASSES
 
 
 class MindRecordError(Exception):

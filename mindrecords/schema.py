@@ -6,7 +6,7 @@ sizes, build options). The manifest is written last: a split without it is not (
 """
 from __future__ import annotations
 
-from prep.labels import CLASS_NAMES
+from base.labels import CLASS_NAMES
 
 # MindRecord arrays may only be int32/int64/float32/float64, so pixels travel as encoded bytes.
 SCHEMA = {

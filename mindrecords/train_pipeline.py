@@ -37,11 +37,11 @@ import mindspore.dataset as ds
 import mindspore.dataset.vision as vision
 import numpy as np
 
-from configs.schema import Config, ConfigError
+from settings.schema import Config, ConfigError
 from mindrecords.augment import PadToCrop, Photometric, ScaleCropPhotometric
 from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
-from prep.atomic import atomic_path
-from prep.errors import mindspore_detail
+from base.atomic import atomic_path
+from base.errors import mindspore_detail
 
 
 class _SampleSeeds:
@@ -183,7 +183,7 @@ def overlay(image: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
     Void and padding pixels (`data.ignore_index`) are blended with a black/white checkerboard,
     which no class colour resembles; the image padding is black.
     """
-    from prep.labels import colorize
+    from base.labels import colorize
 
     yy, xx = np.indices(label.shape)
     checker = np.where(((yy // 8 + xx // 8) % 2 == 0)[..., None], 255, 0).astype(np.uint8)

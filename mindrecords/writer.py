@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from mindrecords.schema import INDEX_FIELDS, SCHEMA, SCHEMA_DESC
-from prep.errors import mindspore_detail
+from base.errors import mindspore_detail
 
 
 def write_shard(folder: Path, name: str, records: Iterable[dict]) -> int:

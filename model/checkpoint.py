@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import mindspore as ms
 
-from configs.schema import config_beside, save_config
-from prep.atomic import atomic_path
+from settings.schema import config_beside, save_config
+from base.atomic import atomic_path
 from model.segmenter import build_segmenter
 
 NON_MODEL_PREFIXES = ("optimizer.", "state.")

@@ -13,9 +13,9 @@ import numpy as np
 import yaml
 import mindspore as ms
 
-from configs.schema import Config, ConfigError, config_from_dict, config_to_dict
+from settings.schema import Config, ConfigError, config_from_dict, config_to_dict
 from model.checkpoint import CheckpointError, assign_parameters, match_parameters, save_model
-from model.interpolate import resize_bilinear
+from base.resize import resize_bilinear
 from model.npz_reader import NpzError, read_npz
 from model.segmenter import build_segmenter
 from model.torch_pickle import load_torch_file

@@ -47,7 +47,7 @@ class Segmenter(nn.Cell):
 
 
 def build_segmenter(model_cfg) -> Segmenter:
-    """The network described by a `configs.schema.ModelConfig`, randomly initialised."""
+    """The network described by a `settings.schema.ModelConfig`, randomly initialised."""
     m = model_cfg
     encoder = VisionTransformer(m.image_size, m.patch_size, m.n_layers, m.d_model, m.mlp_ratio * m.d_model,
                                 m.n_heads, dropout=m.dropout, drop_path_rate=m.drop_path_rate)

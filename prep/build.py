@@ -29,13 +29,13 @@ from pathlib import Path
 
 from mindrecords.schema import MANIFEST, PIXEL_COLUMNS, STAGING_DIR, STATE_DIR, SUMMARY, shard_name
 from mindrecords.writer import commit_shard, remove_shard, remove_tree, shard_files, write_shard
-from prep.atomic import check_writable_dir, write_bytes_atomic
-from prep.checksums import file_crc32, fingerprint
+from base.atomic import check_writable_dir, write_bytes_atomic
+from base.checksums import file_crc32, fingerprint
 from prep.convert import convert
 from prep.discover import Sample, discover
 from prep.errors import PrepError
-from prep.labels import CLASS_NAMES
-from prep.progress import Progress
+from base.labels import CLASS_NAMES
+from base.progress import Progress
 
 # Bump when the stored bytes or the recorded facts for the same sources and options would change
 # (3: the manifest records the stored bytes' CRC-32s, the state each shard file's CRC-32).

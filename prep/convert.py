@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 from isal import isal_zlib
 
-from prep.checksums import crc32_hex, fingerprint
+from base.checksums import crc32_hex, fingerprint
 from prep.errors import PrepError
-from prep.labels import IGNORE, NUM_CLASSES, VALID_LABEL_IDS, label_to_train_lut
+from base.labels import IGNORE, NUM_CLASSES, VALID_LABEL_IDS, label_to_train_lut
 from prep.polygons import draw, parse_polygons
 
 LUT = label_to_train_lut()

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from prep.errors import PrepError
-from prep.labels import NAME_TO_LABEL
+from base.labels import NAME_TO_LABEL
 
 
 def resolve_label(name: str, where) -> object:

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from prep.atomic import write_bytes_atomic
+from base.atomic import write_bytes_atomic
 from prep.errors import PrepError
-from prep.labels import LABELS
-from prep.ownership import make_staging, swap_in, why_not_replaceable
+from base.labels import LABELS
+from base.ownership import make_staging, swap_in, why_not_replaceable
 from prep.polygons import draw
 
 CITIES = {

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from configs.schema import ConfigError, apply_overrides, config_from_dict, load_config, save_config
+from settings.schema import ConfigError, apply_overrides, config_from_dict, load_config, save_config
 
 
 def test_defaults_validate():

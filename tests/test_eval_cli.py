@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from configs.schema import Config, apply_overrides, save_config
+from settings.schema import Config, apply_overrides, save_config
 from evaluate.metrics import ConfusionMatrix, compute_metrics
-from prep.labels import CLASS_NAMES, label_to_train_lut
+from base.labels import CLASS_NAMES, label_to_train_lut
 from test_eval_metrics import assert_agrees_with_official, official_scores
 
 H, W = 96, 192
@@ -35,7 +35,7 @@ def tiny_checkpoint(folder: Path, extra=()):
     import mindspore as ms
 
     from model.checkpoint import save_model
-    from model.runtime import setup_context
+    from base.device import setup_context
     from model.segmenter import build_segmenter
 
     cfg = apply_overrides(Config(), TINY + list(extra), "test")
@@ -219,7 +219,7 @@ def test_damaged_shard_mid_way_leaves_nothing_half_written(built, tmp_path):
 
 
 def test_interrupted_run_keeps_the_previous_complete_set(built, tmp_path):
-    from configs.schema import resolve_config
+    from settings.schema import resolve_config
     from evaluate.evaluator import evaluate_split
     from model.checkpoint import load_model
 
@@ -315,7 +315,7 @@ def test_damaged_record_names_its_shard_and_record(built, tmp_path):
 
 
 def test_inspect_pipeline_on_a_damaged_shard(built, tmp_path):
-    from configs.schema import Config, save_config
+    from settings.schema import Config, save_config
 
     out = tmp_path / "mindrecord"
     shutil.copytree(built["out"], out)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evaluate.metrics import ConfusionMatrix, compute_metrics, format_table
-from prep.labels import CATEGORIES, CLASS_NAMES, label_to_train_lut
+from base.labels import CATEGORIES, CLASS_NAMES, label_to_train_lut
 
 
 def official_scores(pred_files, gt_files) -> dict:

@@ -2,7 +2,7 @@
 import numpy as np
 from cityscapesscripts.helpers import labels as official
 
-from prep import labels
+from base import labels
 
 
 def test_label_to_train_lut_matches_official_table():

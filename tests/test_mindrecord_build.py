@@ -23,7 +23,7 @@ import prep.build
 from mindrecords.reader import MindRecordError, read_manifest, split_shard_files, verify_output
 from mindrecords.schema import MANIFEST, PIXEL_COLUMNS
 from prep.build import build
-from prep.labels import label_to_train_lut
+from base.labels import label_to_train_lut
 from prep.sample import make_sample
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from configs.schema import Config, DecoderConfig, ModelConfig, load_config
+from settings.schema import Config, DecoderConfig, ModelConfig, load_config
 from evaluate.sliding_window import sliding_window_probs, window_anchors
 from model.checkpoint import CheckpointError, load_model, save_model
-from model.interpolate import resize_bilinear
-from model.runtime import setup_context
+from base.resize import resize_bilinear
+from base.device import setup_context
 from model.segmenter import build_segmenter
 from model.vit import resize_pos_embed
 

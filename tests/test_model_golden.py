@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from configs.schema import Config, ModelConfig, load_config, save_config
+from settings.schema import Config, ModelConfig, load_config, save_config
 from model.checkpoint import load_model
-from model.runtime import setup_context
-from prep.labels import colorize
+from base.device import setup_context
+from base.labels import colorize
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 IMAGE = GOLDEN / "frankfurt_000000_000294_small.png"

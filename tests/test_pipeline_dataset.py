@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from configs.schema import Config, ConfigError
+from settings.schema import Config, ConfigError
 from mindrecords.reader import MindRecordError
 from mindrecords.train_pipeline import build_train_dataset
 from mindrecords.writer import write_shard

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from configs.schema import Config, save_config
+from settings.schema import Config, save_config
 from mindrecords.reader import MindRecordError
 from mindrecords.train_pipeline import overlay, train_dataset
-from prep.labels import colorize
+from base.labels import colorize
 
 CROP = 32
 

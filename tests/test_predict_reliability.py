@@ -12,8 +12,8 @@ from PIL import Image
 
 import cli
 import evaluate.sliding_window as sw
-from configs.schema import apply_overrides, resolve_config
-from model.interpolate import resize_bilinear
+from settings.schema import apply_overrides, resolve_config
+from base.resize import resize_bilinear
 from test_eval_cli import tiny_checkpoint
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from prep.checksums import fingerprint
+from base.checksums import fingerprint
 from prep.convert import check_rgb_png
 from prep.errors import PrepError
 

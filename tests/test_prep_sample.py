@@ -13,7 +13,7 @@ from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
 from prep.errors import PrepError
-from prep.labels import label_to_train_lut
+from base.labels import label_to_train_lut
 from prep.polygons import draw, parse_polygons
 from prep.sample import CITIES, frames, make_sample
 

@@ -7,13 +7,14 @@ import pytest
 ms = pytest.importorskip("mindspore")
 from mindspore import Tensor, nn, ops  # noqa: E402
 
-from configs.schema import Config, ConfigError, apply_overrides  # noqa: E402
+from settings.schema import Config, ConfigError, apply_overrides  # noqa: E402
 from model.segmenter import build_segmenter  # noqa: E402
 from train.block_step import PerBlockTrainStep  # noqa: E402
 from train.loss import NetWithLoss, SegCrossEntropy  # noqa: E402
 from train.normalize import NormalizeBatch  # noqa: E402
 from train.optim import build_optimizer  # noqa: E402
-from train.step import build_loss_scaler, build_train_step, lr_tensor  # noqa: E402
+from train.loss_scale import build_loss_scaler  # noqa: E402
+from train.step import build_train_step, lr_tensor  # noqa: E402
 
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 pytest.importorskip("mindspore")
 
 import cli  # noqa: E402
-from configs.schema import config_from_dict  # noqa: E402
+from settings.schema import config_from_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def run_cli(*args):
 @pytest.fixture(scope="session")
 def full_run(tiny_data, tmp_path_factory):
     """One uninterrupted 6-step run, shared by the tests that inspect its outputs."""
-    from configs.schema import load_config
+    from settings.schema import load_config
     from train.loop import train
 
     base = tmp_path_factory.mktemp("full")
@@ -72,7 +72,7 @@ def full_run(tiny_data, tmp_path_factory):
 
 def test_run_writes_checkpoints_metrics_and_curves(full_run):
     from model.checkpoint import load_model
-    from configs.schema import load_config
+    from settings.schema import load_config
 
     cfg_path, run, result = full_run
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
@@ -203,7 +203,7 @@ def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("level,step_graph", [("O1", "per_block"), ("O2", "per_block"), ("O2", "whole")])
 def test_mixed_precision_trains_the_segmenter(full_run, tiny_data, tmp_path, level, step_graph):
-    from configs.schema import load_config
+    from settings.schema import load_config
     from train.checkpoint import read_checkpoint
     from train.loop import train
 
@@ -222,9 +222,9 @@ def test_mixed_precision_trains_the_segmenter(full_run, tiny_data, tmp_path, lev
 
 
 def test_pretrained_checkpoint_initializes_the_network(full_run, tmp_path):
-    from configs.schema import apply_overrides, load_config
+    from settings.schema import apply_overrides, load_config
     from train.checkpoint import TrainError
-    from train.loop import initial_net
+    from train.initial_weights import initial_net
 
     cfg_path, run, result = full_run
     ckpt = run / "checkpoints" / "step_0000006.ckpt"

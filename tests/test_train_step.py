@@ -9,12 +9,15 @@ import pytest
 ms = pytest.importorskip("mindspore")
 from mindspore import Tensor, nn, ops  # noqa: E402
 
-from configs.schema import Config, ScheduleConfig, apply_overrides  # noqa: E402
+from settings.schema import Config, ScheduleConfig, apply_overrides  # noqa: E402
 from train.loss import NetWithLoss, SegCrossEntropy  # noqa: E402
 from train.optim import build_optimizer, optimizer_state, param_groups  # noqa: E402
 from train.schedule import lr_at  # noqa: E402
 from train.normalize import NormalizeBatch  # noqa: E402
-from train.step import TrainStep, apply_amp, build_loss_scaler, lr_tensor  # noqa: E402
+from train.loss_scale import build_loss_scaler  # noqa: E402
+from train.precision import apply_amp  # noqa: E402
+from train.step import lr_tensor  # noqa: E402
+from train.whole_step import TrainStep  # noqa: E402
 
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)

@@ -27,7 +27,8 @@ import mindspore as ms
 from mindspore import ParameterTuple, nn, ops
 
 from model.layers import Block
-from train.step import ApplyGradients, apply_amp
+from train.precision import apply_amp
+from train.update import ApplyGradients
 
 
 class _Stem(nn.Cell):
@@ -91,7 +92,7 @@ def _stem_param(name: str) -> bool:
 
 
 class PerBlockTrainStep:
-    """`(image, label, valid, lr, step) -> (loss, finite, scale)`, as `train.step.build_train_step`."""
+    """`(image, label, valid, lr, step) -> (loss, finite, scale)`, as `train.step.build_train_step` returns."""
 
     def __init__(self, net, loss: nn.Cell, normalize: nn.Cell, optimizer: nn.Optimizer, scaler, clip_norm: float,
                  grad_reducer: nn.Cell | None = None, seed: int = 0, rank: int = 0, amp_level: str = "O0"):

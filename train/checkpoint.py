@@ -15,7 +15,7 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from configs.schema import Config, config_beside
+from settings.schema import Config, config_beside
 
 STEP_RE = re.compile(r"^step_(\d{7,})\.ckpt$")
 BEST = "best.ckpt"

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from prep.atomic import atomic_path
+from base.atomic import atomic_path
 
 PANEL_W, PANEL_H, MARGIN_L, MARGIN_B, MARGIN_T = 520, 300, 70, 30, 28
 FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mindspore import nn
 
-from configs.schema import OptimizerConfig
+from settings.schema import OptimizerConfig
 
 # Token and position embeddings are not decayed (as in timm/Segmenter's no_weight_decay),
 # nor are 1-D parameters (biases, LayerNorm scales).

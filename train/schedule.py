@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from configs.schema import ScheduleConfig
+from settings.schema import ScheduleConfig
 
 
 def lr_at(step: int, total: int, base_lr: float, sched: ScheduleConfig) -> float:

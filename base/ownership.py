@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from prep.checksums import file_crc32
+from base.checksums import file_crc32
 
 MARKER = ".segmenter-owned.json"
 TOOL = "segmenter-mindspore"
@@ -34,7 +34,7 @@ def _entries(folder: Path):
 
 def write_marker(folder, kind: str, info: dict | None = None) -> None:
     """Record every file now under `folder` as the project's output of this `kind`."""
-    from prep.atomic import write_text_atomic
+    from base.atomic import write_text_atomic
 
     folder = Path(folder)
     files = {rel: [path.stat().st_size, file_crc32(path)] for rel, path in sorted(_entries(folder))}

@@ -1,6 +1,6 @@
 """What a model that learned nothing scores on a built split: the reference line for `make demo`.
 
-    python -m train.baseline --data OUT [--split val]
+    python -m evaluate.baseline --data OUT [--split val]
 
 Prints the mIoU of (a) the best constant prediction (every pixel one class; the best of the 19
 classes on this split's own labels, an upper bound for any constant predictor) and (b) uniform
@@ -12,10 +12,10 @@ import argparse
 
 import numpy as np
 
-from configs.schema import Config
+from settings.schema import Config
 from evaluate.metrics import ConfusionMatrix, compute_metrics
 from mindrecords.eval_pipeline import eval_dataset
-from prep.labels import NUM_CLASSES
+from base.labels import NUM_CLASSES
 
 
 def baselines(data_root, split: str = "val", seed: int = 0) -> dict:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="build-mindrecord output folder")
     parser.add_argument("--split", default="val")
     args = parser.parse_args()
-    from prep.labels import CLASS_NAMES
+    from base.labels import CLASS_NAMES
 
     r = baselines(args.data, args.split)
     print(f"baselines on {args.split} ({r['images']} images): best constant prediction "

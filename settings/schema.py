@@ -14,7 +14,7 @@ from typing import Any, List, Optional, Tuple
 
 import yaml
 
-from prep.atomic import write_text_atomic
+from base.atomic import write_text_atomic
 
 
 class ConfigError(ValueError):

@@ -1,0 +1,18 @@
+"""Periodic validation during training: the evaluator's mIoU on the val split, logged to RUN."""
+from __future__ import annotations
+
+from evaluate.evaluator import evaluate_split
+from settings.schema import Config
+from train.run_folder import Run
+
+
+def validate(net, cfg: Config, data_root, step: int, run: Run, log) -> float | None:
+    """Evaluate on `data.val_split` (at most `data.val_max_images`), log it; returns the mIoU."""
+    metrics = evaluate_split(net, cfg, data_root, cfg.data.val_split, max_images=cfg.data.val_max_images,
+                             show_progress=False)
+    miou = metrics["mIoU"]
+    run.log({"type": "val", "step": step, "mIoU": miou, "pixel_accuracy": metrics.get("pixel_accuracy"),
+             "per_class": metrics.get("per_class"), "images": metrics.get("images"),
+             "seconds": metrics.get("seconds")})
+    log(f"step {step}: val mIoU {100 * miou:.2f} on {metrics.get('images')} images")
+    return miou
