@@ -138,7 +138,9 @@ def verify_cmd(out, splits):
     """Read every record of a build back and check it against the manifest."""
     import time
 
-    from mindrecords.reader import MindRecordError, verify_output
+    from mindrecords.manifest import MindRecordError
+
+    from mindrecords.verify import verify_output
     from base.progress import Progress
 
     start = time.perf_counter()
@@ -179,11 +181,13 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     """Sliding-window evaluation of CKPT on a built split: official Cityscapes mIoU."""
     from pathlib import Path
 
-    from settings.schema import ConfigError, apply_overrides, resolve_config
+    from settings.files import apply_overrides, resolve_config
+
+    from settings.schema import ConfigError
     from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, EvalError, evaluate_split, write_metrics_json
     from evaluate.metrics import format_table
     from evaluate.predictions import PredictionError, check_prediction_dir
-    from mindrecords.reader import MindRecordError, split_shard_files
+    from mindrecords.manifest import MindRecordError, split_shard_files
     from base.atomic import check_writable_dir
 
     if not Path(checkpoint).is_file():
@@ -248,8 +252,9 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
               help="Override a config key, e.g. --set train.iterations=200 (repeatable).")
 def train_cmd(config, data, out, resume, overrides):
     """Train Segmenter on the built train split; validate, checkpoint, resume; msrun for data parallel."""
-    from settings.schema import ConfigError, apply_overrides, load_config
-    from mindrecords.reader import MindRecordError
+    from settings.files import apply_overrides, load_config
+    from settings.schema import ConfigError
+    from mindrecords.manifest import MindRecordError
     from train.checkpoint import TrainError
 
     if config is None and not resume:
@@ -282,9 +287,11 @@ def inspect_pipeline_cmd(config, data, n, out, overrides):
     """Save N augmented training samples as image | image+label overlay PNGs."""
     import time
 
-    from settings.schema import ConfigError, apply_overrides, load_config
-    from mindrecords.reader import MindRecordError
-    from mindrecords.train_pipeline import save_inspection
+    from settings.files import apply_overrides, load_config
+
+    from settings.schema import ConfigError
+    from mindrecords.manifest import MindRecordError
+    from mindrecords.inspect import save_inspection
     from base.progress import Progress
 
     start = time.perf_counter()
@@ -313,7 +320,9 @@ def convert_weights_cmd(src, out, config):
     """Import SRC: an official Segmenter release (checkpoint.pth + variant.yml, or its folder) or a Google ViT .npz."""
     from pathlib import Path
 
-    from settings.schema import ConfigError, config_beside, load_config
+    from settings.files import config_beside, load_config
+
+    from settings.schema import ConfigError
     from model.checkpoint import CheckpointError
     from model.torch_pickle import TorchFileError
 
@@ -350,7 +359,9 @@ def predict_cmd(images, checkpoint, config, out, window, stride, infer_size, fli
     """Sliding-window prediction: OUT/{stem}.png (trainIds) and OUT/{stem}_color.png per IMAGE."""
     from pathlib import Path
 
-    from settings.schema import ConfigError, apply_overrides, resolve_config
+    from settings.files import apply_overrides, resolve_config
+
+    from settings.schema import ConfigError
     from evaluate.predict import PredictError, check_images, check_output, predict_images
     from model.checkpoint import CheckpointError
 
@@ -395,7 +406,9 @@ def export_cmd(checkpoint, config, out, size):
     """Export CKPT as MindIR for deployment: input (1,3,H,W) normalized float32, output logits."""
     from pathlib import Path
 
-    from settings.schema import ConfigError, resolve_config
+    from settings.files import resolve_config
+
+    from settings.schema import ConfigError
     from model.checkpoint import CheckpointError
 
     try:

@@ -62,3 +62,16 @@ def check_can_create_dir(folder) -> None:
     if not existing.is_dir():
         raise NotADirectoryError(20, "exists and is not a folder", str(existing))
     check_writable_dir(existing)
+
+
+def write_png_atomic(path, image) -> None:
+    """An (H, W) or (H, W, 3) RGB uint8 array as a PNG, atomically; OSError naming `path` on failure."""
+    import errno
+
+    import cv2
+
+    path = Path(path)
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), pixels):
+            raise OSError(errno.EIO, "could not write the PNG", str(path))

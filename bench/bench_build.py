@@ -75,7 +75,7 @@ def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) ->
         from mindspore.mindrecord import FileWriter
 
         from mindrecords.schema import INDEX_FIELDS, SCHEMA, SCHEMA_DESC
-        from prep.build import reuse_freed_memory
+        from prep.malloc import reuse_freed_memory
         from prep.convert import convert
 
         if mode == "single_malloc":

@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 import mindspore as ms  # noqa: E402
 
-from settings.schema import Config, apply_overrides, load_config  # noqa: E402
+from settings.files import apply_overrides, load_config  # noqa: E402
+
+from settings.schema import Config  # noqa: E402
 from evaluate.evaluator import evaluate_split  # noqa: E402
 from evaluate.metrics import ConfusionMatrix  # noqa: E402
 from evaluate.sliding_window import window_anchors  # noqa: E402

@@ -33,7 +33,7 @@ def child(args) -> dict:
     import numpy as np
     import mindspore as ms
 
-    from settings.schema import load_config
+    from settings.files import load_config
     from evaluate.sliding_window import sliding_window_probs
     from base.device import setup_context
     from model.segmenter import build_segmenter

@@ -42,7 +42,7 @@ import mindspore.dataset as ds  # noqa: E402
 import mindspore.dataset.vision as vision  # noqa: E402
 
 from settings.schema import Config  # noqa: E402
-from mindrecords.reader import split_shard_files  # noqa: E402
+from mindrecords.manifest import split_shard_files  # noqa: E402
 from mindrecords.train_pipeline import train_dataset  # noqa: E402
 from base.labels import label_to_train_lut  # noqa: E402
 

@@ -50,7 +50,7 @@ def prepare(work: Path, size: int, config: str) -> tuple[Path, Path]:
         Image.fromarray(rgb).save(image)
     if not ckpt.exists():
         sys.path.insert(0, str(REPO))
-        from settings.schema import load_config
+        from settings.files import load_config
         from model.checkpoint import save_model
         from base.device import setup_context
         from model.segmenter import build_segmenter

@@ -60,7 +60,9 @@ def run_variant(args) -> dict:
     import mindspore as ms
     from mindspore import nn, ops
 
-    from settings.schema import Config, apply_overrides
+    from settings.files import apply_overrides
+
+    from settings.schema import Config
     from base.device import setup_context
     from model.segmenter import build_segmenter
     from train.loss import SegCrossEntropy

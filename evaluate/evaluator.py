@@ -17,9 +17,9 @@ from evaluate.metrics import ConfusionMatrix, compute_metrics
 from evaluate.predictions import PredictionWriter
 from evaluate.sliding_window import sliding_window_predict
 from mindrecords.eval_pipeline import eval_dataset
-from mindrecords.reader import MindRecordError, find_damage, split_shard_files
+from mindrecords.manifest import split_shard_files
+from mindrecords.reader import read_batches
 from base.atomic import write_text_atomic
-from base.errors import mindspore_detail
 from base.labels import NUM_CLASSES
 from base.progress import Progress
 
@@ -29,18 +29,6 @@ NO_GROUND_TRUTH_SPLITS = ("test",)
 
 class EvalError(ValueError):
     """Evaluation cannot proceed; the message names the file or setting at fault."""
-
-
-def _read_error(data_root, split: str, files: list, done: int, err: Exception) -> MindRecordError:
-    """Name the damaged shard and record: the pipeline reads ahead and its own message names no
-    file, so check the shards as `verify` does from the one holding image `done` on."""
-    found = find_damage(data_root, split, done)
-    if found is not None:
-        path, problem = found
-        return MindRecordError(f"{path}: damaged shard ({problem}), found after {done} evaluated images "
-                               f"(rebuild the split with build-mindrecord)")
-    return MindRecordError(f"{Path(files[0]).parent}: reading the {split} shards failed after {done} images: "
-                           f"{mindspore_detail(err)}")
 
 
 def _no_metrics() -> dict:
@@ -81,15 +69,13 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     start = time.perf_counter()
     done = 0
     try:
-        rows = data.create_dict_iterator(num_epochs=1, output_numpy=True)
+        rows = read_batches(data, data_root, split, f"eval {split}", output_numpy=True, as_dict=True,
+                            in_manifest_order=True)
         while True:
             t0 = time.perf_counter()
-            try:
-                row = next(rows)
-            except StopIteration:
+            row = next(rows, None)
+            if row is None:
                 break
-            except RuntimeError as err:
-                raise _read_error(data_root, split, files, done, err) from None
             t1 = time.perf_counter()
             label = row["label"]
             # Logits are resized straight to the label size (out_size), as the official evaluation does.

@@ -13,15 +13,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from base.network_input import inference_size, network_input
 from evaluate.sliding_window import count_windows, sliding_window_predict
-from mindrecords.eval_pipeline import inference_size
-from base.resize import resize_bilinear, source_rows
-from base.atomic import atomic_path, check_can_create_dir
+from base.atomic import atomic_path, check_can_create_dir, write_png_atomic
 from base.labels import NUM_CLASSES, colorize
 from base.progress import Progress
 
 WINDOW_PROGRESS = 16  # an image with more windows than this shows a bar of its own
-INPUT_BAND_ROWS = 256
 
 
 class PredictError(ValueError):
@@ -86,25 +84,6 @@ def output_paths(out_dir, stem: str, save_probs: bool) -> list[Path]:
     return [out / f"{stem}.png", out / f"{stem}_color.png"] + ([out / f"{stem}_probs.npy"] if save_probs else [])
 
 
-def normalized_input(rgb: np.ndarray, mean, std, size) -> np.ndarray:
-    """(3, *size) float32 of (rgb - mean) / std resized bilinearly, made band by band so the
-    float32 image at the source size is never built (bit-identical to normalize, then resize)."""
-    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    h = rgb.shape[0]
-
-    def normalize(rows: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(((rows.astype(np.float32) - mean) / std).transpose(2, 0, 1))
-
-    if tuple(size) == rgb.shape[:2]:
-        return normalize(rgb)
-    out = np.empty((3, *size), np.float32)
-    for r0 in range(0, size[0], INPUT_BAND_ROWS):
-        r1 = min(r0 + INPUT_BAND_ROWS, size[0])
-        s0, s1 = source_rows(h, size[0], r0, r1)
-        out[:, r0:r1] = resize_bilinear(normalize(rgb[s0:s1]), size, rows=(r0, r1), source_height=h, row_offset=s0)
-    return out
-
-
 class _ProbsFile:
     """A float32 (n_cls, H, W) .npy written band by band (one seek per class and band)."""
 
@@ -127,7 +106,7 @@ def predict_image(net, cfg, path: Path, out_dir: Path, save_probs: bool) -> int:
     rgb = read_rgb(path)
     h, w = rgb.shape[:2]
     size = inference_size(h, w, e.infer_size)
-    image = normalized_input(rgb, cfg.model.mean, cfg.model.std, size)
+    image = network_input(rgb, cfg.model.mean, cfg.model.std, e.infer_size)
     windows = count_windows(*size, e.window_size, e.window_stride, e.flip, tuple(e.scales))
     bar = Progress(windows, f"predict {path.name}", "win") if windows > WINDOW_PROGRESS else None
     label_png, color_png, *probs_npy = output_paths(out_dir, path.stem, save_probs)
@@ -143,10 +122,8 @@ def predict_image(net, cfg, path: Path, out_dir: Path, save_probs: bool) -> int:
         if bar:
             bar.close()
     del image
-    with atomic_path(label_png) as tmp:
-        Image.fromarray(train_ids).save(tmp, format="PNG")
-    with atomic_path(color_png) as tmp:
-        Image.fromarray(colorize(train_ids)).save(tmp, format="PNG")
+    write_png_atomic(label_png, train_ids)
+    write_png_atomic(color_png, colorize(train_ids))
     return train_ids.size
 
 

@@ -8,7 +8,7 @@ Layout of DIR:
 Files are written into a hidden sibling `.DIR.partial-XXXX` that is renamed to DIR only after
 every image and the manifest are on disk, so an interrupted or failed run never leaves a
 prediction set that looks complete. An existing DIR is replaced only if it is empty or provably
-an earlier prediction set of this project (prep/ownership.py: every file listed in the marker
+an earlier prediction set of this project (base/ownership.py: every file listed in the marker
 with its size and CRC-32, nothing added); anything else is refused before any work.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from base.atomic import check_can_create_dir
-from base.labels import colorize, train_to_label_lut
+from base.labels import train_to_label_lut
+from base.overlay import overlay
 from base.ownership import make_staging, swap_in, why_not_replaceable
 
 MANIFEST = "manifest.json"
@@ -37,11 +38,6 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), image):
         raise PredictionError(f"{path}: could not write the PNG")
-
-
-def overlay(rgb: np.ndarray, train_ids: np.ndarray) -> np.ndarray:
-    """The palette colours of `train_ids` blended 50 % over `rgb` (uint8 RGB, same HxW)."""
-    return cv2.addWeighted(rgb, 0.5, colorize(train_ids), 0.5, 0.0)
 
 
 def check_prediction_dir(out_dir) -> None:

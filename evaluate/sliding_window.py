@@ -1,4 +1,4 @@
-"""Official Segmenter sliding-window inference (README: Predicting), the only copy in the project.
+"""Official Segmenter sliding-window inference (docs/sliding_window.md), the only copy in the project.
 
 Per scale and flip ("run"): upscale so the short side is at least the window, run the windows in
 batches, average the window logits per pixel, resize to the output size, flip back, softmax;

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from base.labels import IGNORE
+from mindrecords.schema import decode_label
 
 
 def rescale_size(height: int, width: int, base_size: Sequence[int], ratio: float) -> Tuple[int, int]:
@@ -86,17 +87,6 @@ def resize_crop(image: np.ndarray, rows: AxisGrid, cols: AxisGrid) -> np.ndarray
     window = image[rows.lo:rows.hi, cols.lo:cols.hi]
     resized = cv2.resize(window, (cols.out_len, rows.out_len), interpolation=cv2.INTER_LINEAR)
     return resized[rows.first:rows.first + len(rows.index), cols.first:cols.first + len(cols.index)]
-
-
-def decode_label(data: np.ndarray) -> np.ndarray:
-    """A stored label PNG -> (H, W) uint8 trainIds.
-
-    Not vision.Decode: it expands a grayscale PNG to 3 channels and costs twice as much.
-    """
-    label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if label is None or label.ndim != 2 or label.dtype != np.uint8:
-        raise ValueError("label is not a single-channel 8-bit PNG")
-    return label
 
 
 def crop_passes(label_crop: np.ndarray, cat_max_ratio: float, ignore_index: int) -> bool:

@@ -31,3 +31,17 @@ PIXEL_COLUMNS = tuple("pixels_" + name.replace(" ", "_") for name in CLASS_NAMES
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}.mindrecord{index:03d}"
+
+
+def decode_label(data) -> "np.ndarray":
+    """A stored label PNG -> (H, W) uint8 trainIds; ValueError if it is not single-channel 8-bit.
+
+    Not vision.Decode: it expands a grayscale PNG to 3 channels and costs twice as much.
+    """
+    import cv2
+    import numpy as np
+
+    label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if label is None or label.ndim != 2 or label.dtype != np.uint8:
+        raise ValueError("label is not a single-channel 8-bit PNG")
+    return label

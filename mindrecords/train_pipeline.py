@@ -1,9 +1,9 @@
 """Training input: a split's shards streamed through the seed recipe's augmentation.
 
-Per sample, in this order (REFERENCE.md section 3; mmseg's Cityscapes train pipeline):
+Per sample, in this order (docs/training_recipe.md; mmseg's Cityscapes train pipeline):
 
 1. decode the image (C op `vision.Decode`) and, inside step 2, the label (single channel, see
-   `augment.decode_label`);
+   `schema.decode_label`);
 2. one native op (`augment.ScaleCropPhotometric`, per-sample seed): a random ratio in
    `data.ratio_range` of `data.base_size` (image bilinear, label nearest) and a random crop of
    at most `data.crop_size` with `data.cat_max_ratio` (up to `data.cat_max_tries` redraws),
@@ -28,20 +28,16 @@ same dataset for several epochs reshuffles and redraws each epoch.
 """
 from __future__ import annotations
 
-import errno
 import os
-from pathlib import Path
 
 import cv2
 import mindspore.dataset as ds
 import mindspore.dataset.vision as vision
 import numpy as np
 
-from settings.schema import Config, ConfigError
+from settings.schema import Config
 from mindrecords.augment import PadToCrop, Photometric, ScaleCropPhotometric
-from mindrecords.reader import MindRecordError, read_manifest, split_shard_files
-from base.atomic import atomic_path
-from base.errors import mindspore_detail
+from mindrecords.manifest import MindRecordError, read_manifest, split_shard_files
 
 
 class _SampleSeeds:
@@ -61,40 +57,6 @@ def pipeline_seed(cfg: Config, epoch_seed: int | None) -> int:
     return int(np.random.SeedSequence([cfg.seed, epoch_seed]).generate_state(1)[0])
 
 
-def check_data_config(cfg: Config) -> None:
-    """Data settings the augmentation cannot work with: a ConfigError naming the key."""
-    d, p = cfg.data, cfg.data.photometric
-
-    def positive_range(key, values):
-        if len(values) != 2 or not 0 < values[0] <= values[1]:
-            raise ConfigError(f"{key} ({values}) must be [low, high] with 0 < low <= high")
-
-    if d.crop_size <= 0 or len(d.base_size) != 2 or min(d.base_size) <= 0:
-        raise ConfigError(f"data.crop_size ({d.crop_size}) and data.base_size ({d.base_size}, [width, height]) "
-                          "must be positive")
-    positive_range("data.ratio_range", d.ratio_range)
-    if not 0 < d.cat_max_ratio <= 1 or d.cat_max_tries < 0:
-        raise ConfigError(f"data.cat_max_ratio ({d.cat_max_ratio}) must be in (0, 1] (1 disables it) and "
-                          f"data.cat_max_tries ({d.cat_max_tries}) >= 0")
-    if not 0 <= d.flip_prob <= 1 or not 0 <= p.prob <= 1:
-        raise ConfigError(f"data.flip_prob ({d.flip_prob}) and data.photometric.prob ({p.prob}) must be in [0, 1]")
-    positive_range("data.photometric.contrast_range", p.contrast_range)
-    positive_range("data.photometric.saturation_range", p.saturation_range)
-    if not 0 <= p.brightness_delta <= 255 or not 0 <= p.hue_delta <= 180:
-        raise ConfigError(f"data.photometric.brightness_delta ({p.brightness_delta}) must be in 0..255 and "
-                          f"data.photometric.hue_delta ({p.hue_delta}) in 0..180 (OpenCV's 8-bit hue range)")
-    if d.num_parallel_workers < 1:
-        raise ConfigError(f"data.num_parallel_workers ({d.num_parallel_workers}) must be >= 1")
-    if not cfg.model.n_cls <= d.ignore_index <= 255:
-        raise ConfigError(f"data.ignore_index ({d.ignore_index}) must be in {cfg.model.n_cls}..255: "
-                          f"padding and void pixels must never look like a class")
-    short_max = int(min(d.base_size) * max(d.ratio_range))
-    if d.crop_size > short_max:
-        raise ConfigError(
-            f"data.crop_size ({d.crop_size}) is larger than the scaled images allow: the short side is at most "
-            f"{short_max} (min(data.base_size) x max(data.ratio_range)); every crop would be mostly padding")
-
-
 def scale_crop_op(cfg: Config) -> ScaleCropPhotometric:
     d = cfg.data
     p = d.photometric
@@ -109,9 +71,8 @@ def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0,
     """The batched pipeline over `files` holding `n_samples` records (see the module docstring).
 
     Raises `MindRecordError` (naming the shards' folder) if the records cannot give each of
-    `group_size` ranks one batch, `ConfigError` for unusable data settings.
+    `group_size` ranks one batch (the data settings were checked when the config was loaded).
     """
-    check_data_config(cfg)
     if not 0 <= rank < group_size:
         raise ValueError(f"rank {rank} is outside 0..{group_size - 1}")
     per_rank = n_samples // group_size
@@ -153,67 +114,9 @@ def train_dataset(cfg: Config, data_root, rank: int = 0, group_size: int = 1,
 
     Reads `data_root/{cfg.data.train_split}`; rank `rank` of `group_size` gets its own
     disjoint share. Raises `MindRecordError` (naming the split dir) if the split is missing or
-    damaged or too small for one batch per rank, `ConfigError` for unusable data settings.
+    damaged or too small for one batch per rank.
     """
     split = cfg.data.train_split
     files = split_shard_files(data_root, split)
     n_samples = read_manifest(data_root, split, columns=["id"]).num_rows
     return build_train_dataset(cfg, files, n_samples, rank, group_size, epoch_seed)
-
-
-def read_batches(data, data_root, split: str, where: str, output_numpy: bool = False):
-    """The dataset's batches; a shard found damaged while read becomes a MindRecordError naming the
-    split and pointing to `verify` (the pipeline reads ahead, so its error names no file)."""
-    rows = data.create_tuple_iterator(num_epochs=1, output_numpy=output_numpy)
-    while True:
-        try:
-            batch = next(rows)
-        except StopIteration:
-            return
-        except RuntimeError as err:
-            raise MindRecordError(f"{Path(data_root) / split}: reading the shards failed in {where}: "
-                                  f"{mindspore_detail(err)} (a shard is truncated or damaged; "
-                                  f"`cli.py verify {data_root}` finds it)") from None
-        yield batch
-
-
-def overlay(image: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
-    """One augmented sample as an RGB panel: [image | 50% blend with the label colours].
-
-    Void and padding pixels (`data.ignore_index`) are blended with a black/white checkerboard,
-    which no class colour resembles; the image padding is black.
-    """
-    from base.labels import colorize
-
-    yy, xx = np.indices(label.shape)
-    checker = np.where(((yy // 8 + xx // 8) % 2 == 0)[..., None], 255, 0).astype(np.uint8)
-    colours = np.where((label == cfg.data.ignore_index)[..., None], checker, colorize(label))
-    blend = ((image.astype(np.uint16) + colours) // 2).astype(np.uint8)
-    return np.concatenate([image, blend], axis=1)
-
-
-def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> list:
-    """Write `n` augmented training samples as overlay PNGs `sample_NNN.png` into `out_dir`.
-
-    Samples come one at a time (batch size 1) from the real pipeline. Each PNG is written to a
-    temporary name and renamed, so a reader never sees half a file.
-    """
-    import copy
-
-    cfg = copy.deepcopy(cfg)
-    cfg.train.batch_size = 1
-    data = train_dataset(cfg, data_root)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for image, label, _ in read_batches(data, data_root, cfg.data.train_split, "inspect-pipeline", output_numpy=True):
-        path = out / f"sample_{len(written):03d}.png"
-        with atomic_path(path) as tmp:
-            if not cv2.imwrite(str(tmp), cv2.cvtColor(overlay(image[0], label[0], cfg), cv2.COLOR_RGB2BGR)):
-                raise OSError(errno.EIO, "could not write the PNG", str(path))
-        written.append(path)
-        if progress is not None:
-            progress.update(1)
-        if len(written) == n:
-            break
-    return written

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import mindspore as ms
 
-from settings.schema import config_beside, save_config
+from settings.files import config_beside, save_config
 from base.atomic import atomic_path
 from model.segmenter import build_segmenter
 

@@ -2,7 +2,7 @@
 
 Official state-dict names equal this project's parameter names (see model/layers.py), so a
 release maps one to one; only the unused ImageNet head `encoder.head.*` is dropped. Google ViT
-keys are converted to (out, in) layouts as timm's loader does (REFERENCE.md section 2).
+keys are converted to (out, in) layouts as timm's loader does (docs/model.md).
 """
 from __future__ import annotations
 

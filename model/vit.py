@@ -1,4 +1,4 @@
-"""ViT encoder exactly as the official Segmenter computes it (REFERENCE.md section 2)."""
+"""ViT encoder exactly as the official Segmenter computes it (docs/model.md)."""
 from __future__ import annotations
 
 from mindspore import nn, ops

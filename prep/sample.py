@@ -273,7 +273,7 @@ SAMPLE_KIND = "make-sample tree"
 def make_sample(out, n_train: int = 24, n_val: int = 8, height: int = 256, width: int = 512, seed: int = 0,
                 progress=None) -> dict[str, int]:
     """Write the tree into a hidden sibling and swap it in whole: an earlier make-sample tree is
-    replaced (no stale frames mix in), any other non-empty folder is refused (prep/ownership.py)."""
+    replaced (no stale frames mix in), any other non-empty folder is refused (base/ownership.py)."""
     out = Path(out)
     reason = why_not_replaceable(out, SAMPLE_KIND)
     if reason is not None:

@@ -1,20 +1,15 @@
-"""The one config schema: typed sections, YAML load/save, strict validation.
+"""The one config schema: typed sections and strict validation (files: `settings.files`).
 
-Every command that reads a config goes through `load_config`; an unknown key or a
-value of the wrong type is a `ConfigError` naming the dotted key and the file.
+An unknown key or a value of the wrong type is a `ConfigError` naming the dotted key; rules
+across fields (model shape, data augmentation, evaluation, training) are checked after.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-import yaml
-
-from base.atomic import write_text_atomic
 
 
 class ConfigError(ValueError):
@@ -74,7 +69,6 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     num_parallel_workers: int = 2
-    shuffle_buffer: int = 64
     # Validate on at most this many val images during training (0 = all).
     val_max_images: int = 0
 
@@ -152,6 +146,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Keys that no longer mean anything: old configs (and runs' config.yaml) holding them still load,
+# the value is ignored.
+RETIRED = {"data.shuffle_buffer"}
+
 _CHOICES = {
     "device_target": ("CPU", "GPU", "Ascend"),
     "mode": ("graph", "pynative"),
@@ -168,6 +166,7 @@ def _build(cls, data: Any, prefix: str):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if prefix + str(k) not in RETIRED}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown key {prefix + unknown[0]!r} (allowed here: {', '.join(sorted(names))})")
@@ -211,8 +210,7 @@ def _convert(tp, value: Any, key: str):
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
-def _check(cfg: Config) -> None:
-    """Cross-field rules a type alone cannot express."""
+def _check_model(cfg: Config) -> None:
     m = cfg.model
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
@@ -234,6 +232,43 @@ def _check(cfg: Config) -> None:
         raise ConfigError("model.mean and model.std must have 3 values (RGB)")
     if min(m.std) == 0:
         raise ConfigError("model.std must not contain 0")
+
+
+def _positive_range(key: str, values) -> None:
+    if len(values) != 2 or not 0 < values[0] <= values[1]:
+        raise ConfigError(f"{key} ({values}) must be [low, high] with 0 < low <= high")
+
+
+def _check_data(cfg: Config) -> None:
+    """Data settings the training augmentation cannot work with."""
+    d, p = cfg.data, cfg.data.photometric
+    if d.crop_size <= 0 or len(d.base_size) != 2 or min(d.base_size) <= 0:
+        raise ConfigError(f"data.crop_size ({d.crop_size}) and data.base_size ({d.base_size}, [width, height]) "
+                          "must be positive")
+    _positive_range("data.ratio_range", d.ratio_range)
+    if not 0 < d.cat_max_ratio <= 1 or d.cat_max_tries < 0:
+        raise ConfigError(f"data.cat_max_ratio ({d.cat_max_ratio}) must be in (0, 1] (1 disables it) and "
+                          f"data.cat_max_tries ({d.cat_max_tries}) >= 0")
+    if not 0 <= d.flip_prob <= 1 or not 0 <= p.prob <= 1:
+        raise ConfigError(f"data.flip_prob ({d.flip_prob}) and data.photometric.prob ({p.prob}) must be in [0, 1]")
+    _positive_range("data.photometric.contrast_range", p.contrast_range)
+    _positive_range("data.photometric.saturation_range", p.saturation_range)
+    if not 0 <= p.brightness_delta <= 255 or not 0 <= p.hue_delta <= 180:
+        raise ConfigError(f"data.photometric.brightness_delta ({p.brightness_delta}) must be in 0..255 and "
+                          f"data.photometric.hue_delta ({p.hue_delta}) in 0..180 (OpenCV's 8-bit hue range)")
+    if d.num_parallel_workers < 1:
+        raise ConfigError(f"data.num_parallel_workers ({d.num_parallel_workers}) must be >= 1")
+    if not cfg.model.n_cls <= d.ignore_index <= 255:
+        raise ConfigError(f"data.ignore_index ({d.ignore_index}) must be in {cfg.model.n_cls}..255: "
+                          f"padding and void pixels must never look like a class")
+    short_max = int(min(d.base_size) * max(d.ratio_range))
+    if d.crop_size > short_max:
+        raise ConfigError(
+            f"data.crop_size ({d.crop_size}) is larger than the scaled images allow: the short side is at most "
+            f"{short_max} (min(data.base_size) x max(data.ratio_range)); every crop would be mostly padding")
+
+
+def _check_eval(cfg: Config) -> None:
     e = cfg.eval
     if e.window_stride <= 0 or e.window_stride > e.window_size:
         raise ConfigError(f"eval.window_stride ({e.window_stride}) must be in 1..eval.window_size ({e.window_size})")
@@ -241,12 +276,15 @@ def _check(cfg: Config) -> None:
         raise ConfigError("eval.infer_size must be >= 0 (0 = keep size) and eval.batch_windows positive")
     if not e.scales or min(e.scales) <= 0:
         raise ConfigError(f"eval.scales ({e.scales}) must be a non-empty list of positive factors")
-    if cfg.train.batch_size <= 0:
-        raise ConfigError("train.batch_size must be positive")
+
+
+def _check_train(cfg: Config) -> None:
     t = cfg.train
-    if t.step_graph == "per_block" and m.dropout > 0:
+    if t.batch_size <= 0:
+        raise ConfigError("train.batch_size must be positive")
+    if t.step_graph == "per_block" and cfg.model.dropout > 0:
         # The recomputed forward pass would draw different dropout masks than the first one.
-        raise ConfigError(f"train.step_graph=per_block needs model.dropout=0 (got {m.dropout}); "
+        raise ConfigError(f"train.step_graph=per_block needs model.dropout=0 (got {cfg.model.dropout}); "
                           "set train.step_graph=whole to train with encoder dropout")
     for key in ("checkpoint_every", "log_every", "nonfinite_patience"):
         if getattr(t, key) <= 0:
@@ -255,6 +293,20 @@ def _check(cfg: Config) -> None:
         raise ConfigError("train.keep_checkpoints must be at least 1 (--resume needs the last checkpoint)")
     if t.loss_scale.init_scale < 1 or t.loss_scale.window < 1 or t.loss_scale.factor < 1:
         raise ConfigError("train.loss_scale: init_scale, factor and window must be >= 1")
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules a type alone cannot express."""
+    for check in (_check_model, _check_data, _check_eval, _check_train):
+        check(cfg)
+
+
+def check_keys(data: Any, source: str) -> None:
+    """Every key and value type of a (partial) config dict, as in a file that overrides defaults."""
+    try:
+        _build(Config, data if data is not None else {}, "")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:
@@ -268,57 +320,3 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
 
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def apply_overrides(cfg: Config, overrides: List[str], source: str = "--set") -> Config:
-    """Apply `key=value` strings (value parsed as YAML) and re-validate."""
-    data = config_to_dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{source}: {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"{source}: unknown key {key!r}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"{source}: unknown key {key!r}")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return config_from_dict(data, source)
-
-
-def load_config(path: str | os.PathLike) -> Config:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return config_from_dict(data, str(path))
-
-
-def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write atomically (temp file + rename) so a reader never sees half a config."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-
-
-def config_beside(checkpoint: str | os.PathLike) -> Path:
-    """A checkpoint's config travels with it: CKPT with suffix .yaml."""
-    return Path(checkpoint).with_suffix(".yaml")
-
-
-def resolve_config(checkpoint: str | os.PathLike | None, config: str | os.PathLike | None) -> Config:
-    """`--config` wins; otherwise the config beside `--checkpoint`."""
-    if config is not None:
-        return load_config(config)
-    if checkpoint is None:
-        raise ConfigError("give --config or a --checkpoint with its .yaml beside it")
-    beside = config_beside(checkpoint)
-    if not beside.is_file():
-        raise ConfigError(f"{checkpoint}: no config beside the checkpoint ({beside}); pass --config")
-    return load_config(beside)

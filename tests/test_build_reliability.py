@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from mindrecords.reader import read_manifest, verify_output
+from mindrecords.manifest import read_manifest
+from mindrecords.verify import verify_output
 from prep.sample import make_sample
 
 

@@ -2,7 +2,9 @@
 import pytest
 import yaml
 
-from settings.schema import ConfigError, apply_overrides, config_from_dict, load_config, save_config
+from settings.files import apply_overrides, load_config, save_config
+
+from settings.schema import ConfigError, config_from_dict
 
 
 def test_defaults_validate():

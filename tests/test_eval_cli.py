@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from settings.schema import Config, apply_overrides, save_config
+from settings.files import apply_overrides, save_config
+from settings.schema import Config
 from evaluate.metrics import ConfusionMatrix, compute_metrics
 from base.labels import CLASS_NAMES, label_to_train_lut
 from test_eval_metrics import assert_agrees_with_official, official_scores
@@ -219,7 +220,7 @@ def test_damaged_shard_mid_way_leaves_nothing_half_written(built, tmp_path):
 
 
 def test_interrupted_run_keeps_the_previous_complete_set(built, tmp_path):
-    from settings.schema import resolve_config
+    from settings.files import resolve_config
     from evaluate.evaluator import evaluate_split
     from model.checkpoint import load_model
 
@@ -315,7 +316,8 @@ def test_damaged_record_names_its_shard_and_record(built, tmp_path):
 
 
 def test_inspect_pipeline_on_a_damaged_shard(built, tmp_path):
-    from settings.schema import Config, save_config
+    from settings.files import save_config
+    from settings.schema import Config
 
     out = tmp_path / "mindrecord"
     shutil.copytree(built["out"], out)
@@ -327,6 +329,7 @@ def test_inspect_pipeline_on_a_damaged_shard(built, tmp_path):
     save_config(apply_overrides(Config(), ["data.train_split=val", "data.crop_size=64", "data.base_size=[192,96]",
                                            "data.num_parallel_workers=1"], "test"), cfg)
     r = run("inspect-pipeline", "--config", cfg, "--data", out, "--out", tmp_path / "look", "--n", 2)
-    assert r.exit_code == 2 and f"error: {out / 'val'}: reading the shards failed in inspect-pipeline" in r.stderr, \
-        r.output + r.stderr
+    first = sorted(p for p in (out / "val").glob("val.mindrecord*") if p.suffix != ".db")[0]
+    assert r.exit_code == 2 and f"error: {first}: damaged shard (unreadable" in r.stderr, r.output + r.stderr
+    assert "found in inspect-pipeline" in r.stderr
     assert "Traceback" not in r.stderr

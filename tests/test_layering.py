@@ -1,7 +1,15 @@
-"""Imports follow the data flow: prep -> mindrecords -> train/evaluate, both using model.
+"""Imports run one way: each package imports only the layers below it, and no modules import
+each other in a cycle (imports inside functions count too).
 
-prep's bottom modules (label table, progress, atomic writes, errors) are what every stage shares;
-nothing reaches into another stage's internals or back upstream.
+    base         label table, atomic files, progress, errors, checksums, ownership, resize, input
+    settings     the config schema and config files                       -> base
+    mindrecords  the format: schema, writer, manifest, reader, verify,
+                 pipelines                                               -> base, settings
+    prep         the build stage (Cityscapes -> MindRecord)              -> base, mindrecords
+    model        the network, checkpoints, weight import                 -> base, settings
+    evaluate     sliding window, metrics, eval, predict                  -> base, settings, mindrecords, model
+    train        the training run                                        -> base, settings, mindrecords, model,
+                                                                            evaluate (periodic validation)
 """
 from __future__ import annotations
 
@@ -9,17 +17,15 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("prep", "mindrecords", "model", "train", "evaluate", "configs")
-SHARED = {"base.labels", "base.progress", "base.atomic", "prep.errors", "base.checksums", "base.ownership"}
 
-# package -> the other packages' modules it may import ("pkg" = any module of it).
-ALLOWED = {
-    "prep": {"mindrecords.schema", "mindrecords.writer"},   # build writes through the shard writer
-    "mindrecords": SHARED | {"configs", "base.resize"},
-    "model": SHARED | {"configs"},
-    "evaluate": SHARED | {"configs", "mindrecords", "model"},
-    "train": SHARED | {"configs", "mindrecords", "model", "evaluate"},  # periodic validation
-    "configs": SHARED,
+LAYERS = {
+    "base": set(),
+    "settings": {"base"},
+    "mindrecords": {"base", "settings"},
+    "prep": {"base", "mindrecords"},
+    "model": {"base", "settings"},
+    "evaluate": {"base", "settings", "mindrecords", "model"},
+    "train": {"base", "settings", "mindrecords", "model", "evaluate"},
 }
 
 
@@ -28,29 +34,77 @@ def _imports(path: Path):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module
+            # `from pkg import mod` imports the module pkg.mod when there is one.
+            yield from (f"{node.module}.{alias.name}" if (REPO / node.module.replace(".", "/") / f"{alias.name}.py")
+                        .is_file() else node.module for alias in node.names)
 
 
-def _allowed(module: str, allowed: set) -> bool:
-    return module.split(".")[0] in allowed or any(module == a or module.startswith(a + ".") for a in allowed)
+def module_graph() -> dict[str, set]:
+    """module -> the project modules it imports."""
+    modules = {f"{p.parent.name}.{p.stem}": p for package in LAYERS for p in (REPO / package).glob("*.py")}
+    modules["cli"] = REPO / "cli.py"
+    return {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
 
 
-def test_packages_import_only_upstream_and_shared_modules():
+def find_cycle(graph: dict[str, set]) -> list | None:
+    """One cycle of `graph` as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def layer_violations(graph: dict[str, set]) -> list[str]:
     bad = []
-    for package in PACKAGES:
-        for path in sorted((REPO / package).glob("*.py")):
-            own = f"{package}.{path.stem}"
-            for module in _imports(path):
-                top = module.split(".")[0]
-                if top not in PACKAGES or top == package:
-                    continue
-                if own in SHARED or not _allowed(module, ALLOWED[package]):
-                    bad.append(f"{path.relative_to(REPO)} imports {module}")
-    assert not bad, "\n".join(bad)
+    for module, targets in graph.items():
+        package = module.split(".")[0]
+        for target in targets:
+            top = target.split(".")[0]
+            if top == "cli":
+                bad.append(f"{module} imports cli (the command line is the top, nothing imports it)")
+            elif package != "cli" and top != package and top not in LAYERS[package]:
+                bad.append(f"{module} imports {target} ({package} may import {sorted(LAYERS[package]) or 'nothing'})")
+    return sorted(bad)
 
 
-def test_the_rule_catches_a_reach_back():
-    assert not _allowed("evaluate.sliding_window", ALLOWED["mindrecords"])
-    assert not _allowed("prep.build", ALLOWED["train"])
-    assert _allowed("base.resize", ALLOWED["mindrecords"])
-    assert _allowed("base.labels", ALLOWED["evaluate"])
+def test_packages_import_only_the_layers_below():
+    assert layer_violations(module_graph()) == []
+
+
+def test_no_import_cycle_between_modules():
+    assert find_cycle(module_graph()) is None
+
+
+def test_the_layers_themselves_form_no_cycle():
+    assert find_cycle(LAYERS) is None
+
+
+def test_the_graph_sees_every_kind_of_import():
+    graph = module_graph()
+    assert "mindrecords.manifest" in graph["mindrecords.verify"]  # from X import name
+    assert "train.step" in graph["train.loop"]  # an import inside a function
+    assert "base.labels" in graph["base.overlay"]
+
+
+def test_the_checks_catch_a_reach_back_and_a_cycle():
+    assert layer_violations({"mindrecords.eval_pipeline": {"model.segmenter"}}) != []
+    assert layer_violations({"prep.build": {"train.loop"}}) != []
+    assert layer_violations({"train.loop": {"evaluate.evaluator", "base.labels"}}) == []
+    assert find_cycle({"train.step": {"train.block_step"}, "train.block_step": {"train.step"}}) == \
+        ["train.block_step", "train.step", "train.block_step"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None

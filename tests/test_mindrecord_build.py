@@ -20,7 +20,8 @@ from cityscapesscripts.preparation.json2labelImg import createLabelImage
 
 import cli
 import prep.build
-from mindrecords.reader import MindRecordError, read_manifest, split_shard_files, verify_output
+from mindrecords.manifest import MindRecordError, read_manifest, split_shard_files
+from mindrecords.verify import verify_output
 from mindrecords.schema import MANIFEST, PIXEL_COLUMNS
 from prep.build import build
 from base.labels import label_to_train_lut

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from settings.schema import ConfigError, config_from_dict, load_config
+from settings.files import load_config
+
+from settings.schema import ConfigError, config_from_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = {"tiny": (192, 3, 12, 16), "small": (384, 6, 12, 16), "base": (768, 12, 12, 16),

@@ -13,7 +13,8 @@ import mindspore as ms
 from click.testing import CliRunner
 
 import cli
-from settings.schema import Config, ModelConfig, save_config
+from settings.files import save_config
+from settings.schema import Config, ModelConfig
 from model.checkpoint import CheckpointError, load_model
 from model.convert import load_release
 from base.device import setup_context
@@ -172,7 +173,7 @@ def test_export_mindir_runs_and_matches(ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mindir"]
     setup_context("CPU", "graph", 0)
     graph = ms.nn.GraphCell(ms.load(str(out)))
-    from settings.schema import load_config
+    from settings.files import load_config
     net = load_model(ckpt, load_config(ckpt.with_suffix(".yaml")))
     x = ms.Tensor(np.random.RandomState(0).randn(1, 3, 40, 56).astype(np.float32))
     np.testing.assert_allclose(graph(x).asnumpy(), net(x).asnumpy(), atol=1e-5)

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from settings.schema import Config, DecoderConfig, ModelConfig, load_config
+from settings.files import load_config
+
+from settings.schema import Config, DecoderConfig, ModelConfig
 from evaluate.sliding_window import sliding_window_probs, window_anchors
 from model.checkpoint import CheckpointError, load_model, save_model
 from base.resize import resize_bilinear

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from settings.schema import Config, ModelConfig, load_config, save_config
+from settings.files import load_config, save_config
+from settings.schema import Config, ModelConfig
 from model.checkpoint import load_model
 from base.device import setup_context
 from base.labels import colorize

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mindrecords.augment import (AxisGrid, PadToCrop, Photometric, ScaleCropPhotometric, axis_grid, crop_passes,
-                                 decode_label, rescale_size, resize_crop)
+                                 rescale_size, resize_crop)
+from mindrecords.schema import decode_label
 
 
 def _png(array: np.ndarray) -> np.ndarray:

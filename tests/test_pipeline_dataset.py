@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from settings.schema import Config, ConfigError
-from mindrecords.reader import MindRecordError
+from mindrecords.manifest import MindRecordError
 from mindrecords.train_pipeline import build_train_dataset
 from mindrecords.writer import write_shard
 from test_pipeline_augment import _coded_pair, _decode_colours, _interior, _palette
@@ -156,6 +156,19 @@ def test_too_few_samples_per_rank_is_an_error(coded_files):
         build_train_dataset(cfg, coded_files, 8, rank=2, group_size=2)
 
 
+def _data_config(**data):
+    """A config with these data settings, validated as a config file's would be."""
+    from dataclasses import asdict
+
+    from settings.schema import config_from_dict
+
+    d = asdict(_cfg())
+    for key, value in data.items():
+        section, _, name = key.rpartition(".")
+        (d["data"][section] if section else d["data"])[name] = value
+    return config_from_dict(d, "test.yaml")
+
+
 @pytest.mark.parametrize("settings, key", [
     ({"ratio_range": [0.25, 0.5]}, "data.crop_size"),  # crop larger than any scaled image
     ({"ignore_index": 3}, "data.ignore_index"),  # padding would be a class
@@ -164,18 +177,14 @@ def test_too_few_samples_per_rank_is_an_error(coded_files):
     ({"cat_max_ratio": 0.0}, "data.cat_max_ratio"),
     ({"flip_prob": 1.5}, "data.flip_prob"),
     ({"num_parallel_workers": 0}, "data.num_parallel_workers"),
+    ({"photometric.hue_delta": 200}, "data.photometric.hue_delta"),
+    ({"photometric.contrast_range": [1.5, 0.5]}, "data.photometric.contrast_range"),
+    ({"photometric.prob": -0.1}, "data.photometric.prob"),
 ])
-def test_unusable_data_settings_are_config_errors(coded_files, settings, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        build_train_dataset(_cfg(**settings), coded_files, 8)
-
-
-def test_unusable_photometric_settings_are_config_errors(coded_files):
-    for key, value in [("hue_delta", 200), ("contrast_range", [1.5, 0.5]), ("prob", -0.1)]:
-        cfg = _cfg()
-        setattr(cfg.data.photometric, key, value)
-        with pytest.raises(ConfigError, match=f"data\\.photometric\\.{key}"):
-            build_train_dataset(cfg, coded_files, 8)
+def test_unusable_data_settings_are_config_errors(settings, key):
+    assert _data_config().data.crop_size == CROP  # the unchanged settings are usable
+    with pytest.raises(ConfigError, match=r"test\.yaml: .*" + key.replace(".", r"\.")):
+        _data_config(**settings)
 
 
 def test_a_colour_label_png_fails_with_a_clear_message(tmp_path):

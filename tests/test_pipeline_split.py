@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from settings.schema import Config, save_config
-from mindrecords.reader import MindRecordError
-from mindrecords.train_pipeline import overlay, train_dataset
+from settings.files import save_config
+
+from settings.schema import Config
+from mindrecords.manifest import MindRecordError
+from mindrecords.inspect import panel
+from mindrecords.train_pipeline import train_dataset
 from base.labels import colorize
 
 CROP = 32
@@ -63,11 +66,11 @@ def test_overlay_blends_classes_and_marks_ignore():
     label[:, 8:] = 255
     label[:4, :8] = 13
     image = np.full((16, 16, 3), 153, np.uint8)
-    panel = overlay(image, label, cfg)
+    panel_ = panel(image, label, cfg)
     raw = np.full((16, 16, 3), 153, np.uint8)
-    assert panel.shape == (16, 32, 3)
-    assert np.array_equal(panel[:, :16], raw)
-    blend = panel[:, 16:].astype(int)
+    assert panel_.shape == (16, 32, 3)
+    assert np.array_equal(panel_[:, :16], raw)
+    blend = panel_[:, 16:].astype(int)
     colours = colorize(label[:, :8].astype(np.uint8)).astype(int)
     assert np.array_equal(blend[:, :8], (153 + colours) // 2)
     # Ignore: a checkerboard of (153 + 255) // 2 and 153 // 2, unlike any class colour blend.

@@ -12,7 +12,7 @@ from PIL import Image
 
 import cli
 import evaluate.sliding_window as sw
-from settings.schema import apply_overrides, resolve_config
+from settings.files import apply_overrides, resolve_config
 from base.resize import resize_bilinear
 from test_eval_cli import tiny_checkpoint
 

@@ -7,7 +7,9 @@ import pytest
 ms = pytest.importorskip("mindspore")
 from mindspore import Tensor, nn, ops  # noqa: E402
 
-from settings.schema import Config, ConfigError, apply_overrides  # noqa: E402
+from settings.files import apply_overrides  # noqa: E402
+
+from settings.schema import Config, ConfigError  # noqa: E402
 from model.segmenter import build_segmenter  # noqa: E402
 from train.block_step import PerBlockTrainStep  # noqa: E402
 from train.loss import NetWithLoss, SegCrossEntropy  # noqa: E402

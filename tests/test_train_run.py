@@ -61,7 +61,7 @@ def run_cli(*args):
 @pytest.fixture(scope="session")
 def full_run(tiny_data, tmp_path_factory):
     """One uninterrupted 6-step run, shared by the tests that inspect its outputs."""
-    from settings.schema import load_config
+    from settings.files import load_config
     from train.loop import train
 
     base = tmp_path_factory.mktemp("full")
@@ -72,7 +72,7 @@ def full_run(tiny_data, tmp_path_factory):
 
 def test_run_writes_checkpoints_metrics_and_curves(full_run):
     from model.checkpoint import load_model
-    from settings.schema import load_config
+    from settings.files import load_config
 
     cfg_path, run, result = full_run
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
@@ -203,7 +203,7 @@ def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("level,step_graph", [("O1", "per_block"), ("O2", "per_block"), ("O2", "whole")])
 def test_mixed_precision_trains_the_segmenter(full_run, tiny_data, tmp_path, level, step_graph):
-    from settings.schema import load_config
+    from settings.files import load_config
     from train.checkpoint import read_checkpoint
     from train.loop import train
 
@@ -222,7 +222,7 @@ def test_mixed_precision_trains_the_segmenter(full_run, tiny_data, tmp_path, lev
 
 
 def test_pretrained_checkpoint_initializes_the_network(full_run, tmp_path):
-    from settings.schema import apply_overrides, load_config
+    from settings.files import apply_overrides, load_config
     from train.checkpoint import TrainError
     from train.initial_weights import initial_net
 
@@ -241,14 +241,14 @@ def test_pretrained_checkpoint_initializes_the_network(full_run, tmp_path):
         initial_net(wrong, log=lambda *_: None)
 
 
-def test_truncated_shard_is_an_error_naming_the_split(tiny_data, tmp_path):
+def test_truncated_shard_is_an_error_naming_the_shard(tiny_data, tmp_path):
     cfg = write_tiny_config(tmp_path / "tiny.yaml", train={"eval_every": 0})
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_data, damaged)
     shard = sorted((damaged / "train").glob("train.mindrecord*[0-9]"))[-1]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
     code, out = run_cli("--config", cfg, "--data", damaged, "--out", tmp_path / "run")
-    assert code == 2 and str(damaged / "train") in out and "truncated or damaged" in out, out
+    assert code == 2 and f"error: {shard}: damaged shard (unreadable" in out and "found in epoch 0" in out, out
     assert not list((tmp_path / "run").rglob("*.ckpt"))
 
 

@@ -9,7 +9,9 @@ import pytest
 ms = pytest.importorskip("mindspore")
 from mindspore import Tensor, nn, ops  # noqa: E402
 
-from settings.schema import Config, ScheduleConfig, apply_overrides  # noqa: E402
+from settings.files import apply_overrides  # noqa: E402
+
+from settings.schema import Config, ScheduleConfig  # noqa: E402
 from train.loss import NetWithLoss, SegCrossEntropy  # noqa: E402
 from train.optim import build_optimizer, optimizer_state, param_groups  # noqa: E402
 from train.schedule import lr_at  # noqa: E402

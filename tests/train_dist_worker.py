@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from settings.schema import load_config  # noqa: E402
+from settings.files import load_config  # noqa: E402
 from train.loop import train  # noqa: E402
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 
-from settings.schema import Config, config_beside
+from settings.files import config_beside
+
+from settings.schema import Config
 
 STEP_RE = re.compile(r"^step_(\d{7,})\.ckpt$")
 BEST = "best.ckpt"

@@ -18,7 +18,8 @@ import numpy as np
 
 from base.device import setup_context
 from base.progress import Progress
-from mindrecords.train_pipeline import read_batches, train_dataset
+from mindrecords.reader import read_batches
+from mindrecords.train_pipeline import train_dataset
 from settings.schema import Config
 from train.checkpoint import BEST, TrainError, read_checkpoint, restore, rotate, save_training_checkpoint, \
     step_checkpoint_name

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 from base.atomic import write_text_atomic
-from settings.schema import Config, ConfigError, config_to_dict, load_config, save_config
+from settings.files import load_config, save_config
+from settings.schema import Config, ConfigError, config_to_dict
 from train.checkpoint import BEST, TrainError, list_step_checkpoints
 
 # Keys that may differ between a run's config.yaml and the config given with --resume:
