@@ -26,13 +26,15 @@ def os_error_message(err: OSError, path=None) -> str:
 
 
 class _Commands(click.Group):
-    """An OSError no command handled (a read-only or full disk, a file where a folder should be) is
+    """An option value click refuses is printed like any bad input. An OSError no command handled (a read-only or full disk, a file where a folder should be) is
     still the user's to fix: `error: PATH: reason`, exit 2, never a traceback. Every writer is
     atomic, so nothing half-written is left behind."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.BadParameter as err:  # an option's value: the same `error: ...` as every bad input
+            raise UserError(err.format_message()) from None
         except OSError as err:
             raise UserError(os_error_message(err)) from None
 
@@ -98,6 +100,51 @@ def _check_window_fits(cfg, given: bool) -> None:
     _check_forward_fits(cfg, e.window_size, e.window_size, e.batch_windows,
                         f"{'--window' if given else 'eval.window_size'} {e.window_size}",
                         "; use a smaller window (or --batch-windows)")
+
+
+_WINDOW_OPTIONS = (
+    click.option("--window", type=click.IntRange(min=1), help="Sliding-window size [eval.window_size]."),
+    click.option("--stride", type=click.IntRange(min=1), help="Sliding-window stride, 1..window [eval.window_stride]."),
+    click.option("--infer-size", type=click.IntRange(min=0), help="Short side at inference, 0 = keep [eval.infer_size]."),
+    click.option("--flip/--no-flip", default=None, help="Average with the horizontally flipped image [eval.flip]."),
+    click.option("--scales", callback=_parse_scales, help="Multi-scale factors, e.g. 0.5,0.75,1.0 [eval.scales]."),
+    click.option("--batch-windows", type=click.IntRange(min=1), help="Windows per forward pass [eval.batch_windows]."),
+)
+
+
+def _window_options(command):
+    """The sliding-window options `eval` and `predict` share; each overrides its eval.* key."""
+    for option in reversed(_WINDOW_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows):
+    """The checkpoint's config (or --config) with the window options applied; refused before any
+    work if the checkpoint is missing or a window cannot fit in memory."""
+    from pathlib import Path
+
+    from settings.files import apply_overrides, resolve_config
+
+    if not Path(checkpoint).is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    cfg = resolve_config(checkpoint, config)
+    if stride is not None and stride > (window or cfg.eval.window_size):
+        raise UserError(f"--stride {stride}: must be in 1..window ({window or cfg.eval.window_size})")
+    settings = {"window_size": window, "window_stride": stride, "infer_size": infer_size, "flip": flip,
+                "scales": scales, "batch_windows": batch_windows}
+    cfg = apply_overrides(cfg, [f"eval.{k}={v}" for k, v in settings.items() if v is not None], "window options")
+    _check_window_fits(cfg, window is not None)
+    return cfg
+
+
+def _load_net(cfg, checkpoint, mode: str | None = None):
+    """The device context from the config, then the model with every weight from CKPT."""
+    from base.device import setup_context
+    from model.checkpoint import load_model
+
+    setup_context(cfg.device_target, mode or cfg.mode, cfg.seed)
+    return load_model(checkpoint, cfg)
 
 
 def _parse_splits(ctx, param, value):
@@ -167,12 +214,7 @@ def verify_cmd(out, splits):
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="build-mindrecord output folder.")
 @click.option("--split", default="val", show_default=True, help="Split to evaluate (test: export only).")
-@click.option("--window", type=click.IntRange(min=1), help="Sliding-window size [eval.window_size].")
-@click.option("--stride", type=click.IntRange(min=1), help="Sliding-window stride [eval.window_stride].")
-@click.option("--infer-size", type=click.IntRange(min=0), help="Short side at inference, 0 = keep [eval.infer_size].")
-@click.option("--flip/--no-flip", default=None, help="Average with the horizontally flipped image [eval.flip].")
-@click.option("--scales", callback=_parse_scales, help="Multi-scale factors, e.g. 0.5,0.75,1.0 [eval.scales].")
-@click.option("--batch-windows", type=click.IntRange(min=1), help="Windows per forward pass [eval.batch_windows].")
+@_window_options
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="Evaluate the first N images (0 = all).")
 @click.option("--save-predictions", type=click.Path(), help="Write labelIds/ and color/ PNGs into this folder.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
@@ -181,48 +223,41 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     """Sliding-window evaluation of CKPT on a built split: official Cityscapes mIoU."""
     from pathlib import Path
 
-    from settings.files import apply_overrides, resolve_config
-
-    from settings.schema import ConfigError
+    from base.atomic import check_writable_dir
     from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, EvalError, evaluate_split, write_metrics_json
-    from evaluate.metrics import format_table
     from evaluate.predictions import PredictionError, check_prediction_dir
     from mindrecords.manifest import MindRecordError, split_shard_files
-    from base.atomic import check_writable_dir
+    from model.checkpoint import CheckpointError
+    from settings.schema import ConfigError
 
-    if not Path(checkpoint).is_file():
-        raise UserError(f"{checkpoint}: checkpoint not found")
     if split in NO_GROUND_TRUTH_SPLITS and not save_predictions:
         raise UserError(f"--split {split} has no ground truth to score: pass --save-predictions DIR to export")
     if json_path:
         if not Path(json_path).parent.is_dir():
             raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
         check_writable_dir(Path(json_path).parent)  # an OSError here becomes `error: FOLDER: ...`
-    if save_predictions:
-        try:
+    try:
+        cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
+        if save_predictions:
             check_prediction_dir(save_predictions)
-        except PredictionError as err:
-            raise UserError(str(err)) from None
-    settings = {"window_size": window, "window_stride": stride, "infer_size": infer_size, "flip": flip,
-                "scales": scales, "batch_windows": batch_windows}
-    try:
-        cfg = resolve_config(checkpoint, config)
-        cfg = apply_overrides(cfg, [f"eval.{k}={v}" for k, v in settings.items() if v is not None], "eval options")
-        _check_window_fits(cfg, window is not None)
         split_shard_files(data, split)  # fail on a missing split before loading the model
-    except (ConfigError, MindRecordError) as err:
-        raise UserError(str(err)) from None
-
-    from model.checkpoint import CheckpointError, load_model
-    from base.device import setup_context
-
-    setup_context(cfg.device_target, cfg.mode, cfg.seed)
-    try:
-        net = load_model(checkpoint, cfg)
+        net = _load_net(cfg, checkpoint)
         result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
                                 checkpoint=str(checkpoint))
-    except (CheckpointError, EvalError, MindRecordError, PredictionError) as err:
+    except (ConfigError, CheckpointError, EvalError, MindRecordError, PredictionError) as err:
         raise UserError(str(err)) from None
+    _print_eval(result, cfg, split, save_predictions)
+    if json_path:
+        try:
+            write_metrics_json(result, json_path)
+        except OSError as err:
+            raise UserError(f"{json_path}: cannot write the metrics ({err.strerror or err})") from None
+        click.echo(f"metrics: {json_path}")
+
+
+def _print_eval(result: dict, cfg, split: str, save_predictions) -> None:
+    from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS
+    from evaluate.metrics import format_table
 
     e = cfg.eval
     click.echo(f"{split}: {result['images']} images in {result['seconds']:.1f}s "
@@ -234,12 +269,6 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
         click.echo(format_table(result))
     if save_predictions:
         click.echo(f"predictions: {save_predictions}/labelIds (submission labelIds), {save_predictions}/color")
-    if json_path:
-        try:
-            write_metrics_json(result, json_path)
-        except OSError as err:
-            raise UserError(f"{json_path}: cannot write the metrics ({err.strerror or err})") from None
-        click.echo(f"metrics: {json_path}")
 
 
 @main.command("train")
@@ -348,48 +377,21 @@ def convert_weights_cmd(src, out, config):
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--window", type=int, help="Sliding-window size [eval.window_size].")
-@click.option("--stride", type=int, help="Sliding-window stride, 1..window [eval.window_stride].")
-@click.option("--infer-size", type=click.IntRange(min=0), help="Short side at inference, 0 = keep [eval.infer_size].")
-@click.option("--flip/--no-flip", default=None, help="Average with the horizontally flipped image [eval.flip].")
-@click.option("--scales", callback=_parse_scales, help="Multi-scale factors, e.g. 0.5,0.75,1.0 [eval.scales].")
-@click.option("--batch-windows", type=click.IntRange(min=1), help="Windows per forward pass [eval.batch_windows].")
+@_window_options
 @click.option("--save-probs", is_flag=True, help="Also write {stem}_probs.npy (float32 classes x H x W softmax).")
 def predict_cmd(images, checkpoint, config, out, window, stride, infer_size, flip, scales, batch_windows, save_probs):
     """Sliding-window prediction: OUT/{stem}.png (trainIds) and OUT/{stem}_color.png per IMAGE."""
-    from pathlib import Path
-
-    from settings.files import apply_overrides, resolve_config
-
-    from settings.schema import ConfigError
     from evaluate.predict import PredictError, check_images, check_output, predict_images
     from model.checkpoint import CheckpointError
+    from settings.schema import ConfigError
 
-    if not Path(checkpoint).is_file():
-        raise UserError(f"{checkpoint}: checkpoint not found")
-    if window is not None and window <= 0:
-        raise UserError(f"--window {window}: must be positive")
-    settings = {"window_size": window, "window_stride": stride, "infer_size": infer_size, "flip": flip,
-                "scales": scales, "batch_windows": batch_windows}
     try:
-        cfg = resolve_config(checkpoint, config)
-        if stride is not None and not 0 < stride <= (window or cfg.eval.window_size):
-            raise UserError(f"--stride {stride}: must be in 1..window ({window or cfg.eval.window_size})")
-        cfg = apply_overrides(cfg, [f"eval.{k}={v}" for k, v in settings.items() if v is not None], "predict options")
-        _check_window_fits(cfg, window is not None)
+        cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
         check_images(images, out)
         check_output(cfg, out)
-    except (ConfigError, PredictError) as err:
-        raise UserError(str(err)) from None
-
-    from model.checkpoint import load_model
-    from base.device import setup_context
-
-    setup_context(cfg.device_target, cfg.mode, cfg.seed)
-    try:
-        net = load_model(checkpoint, cfg)
+        net = _load_net(cfg, checkpoint)
         result = predict_images(net, cfg, images, out, save_probs=save_probs)
-    except (CheckpointError, PredictError) as err:
+    except (ConfigError, CheckpointError, PredictError) as err:
         raise UserError(str(err)) from None
     e = cfg.eval
     click.echo(f"{result['images']} images in {result['seconds']:.1f}s "
@@ -427,12 +429,10 @@ def export_cmd(checkpoint, config, out, size):
         raise UserError(str(err)) from None
     _check_forward_fits(cfg, h, w, 1, f"--size {size}")
 
-    from model.checkpoint import export_mindir, load_model
-    from base.device import setup_context
+    from model.checkpoint import export_mindir
 
-    setup_context(cfg.device_target, "graph", cfg.seed)
     try:
-        net = load_model(checkpoint, cfg)
+        net = _load_net(cfg, checkpoint, mode="graph")
     except CheckpointError as err:
         raise UserError(str(err)) from None
     export_mindir(net, out, h, w)

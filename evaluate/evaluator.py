@@ -44,64 +44,27 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     pixel_accuracy, images, seconds. A split without ground truth (test) yields None scores.
     `save_predictions` (a folder) receives labelIds and colour PNGs, complete or not at all.
     `timings`, if given, is filled with seconds spent waiting for input, in sliding-window
-    inference (the argmax included: it runs band by band there; the `argmax` entry stays 0), in
-    metric accumulation and in writing predictions.
+    inference (the argmax included: it runs band by band there; the `argmax` entry stays 0, kept
+    for bench/bench_eval.py's side-by-side table), in metric accumulation and in writing predictions.
     """
     if cfg.model.n_cls != NUM_CLASSES:
         source = checkpoint or "the model config"
         raise EvalError(f"{source}: the model predicts {cfg.model.n_cls} classes but Cityscapes data "
                         f"has {NUM_CLASSES} (model.n_cls must be {NUM_CLASSES})")
-    files = split_shard_files(data_root, split)
-    has_gt = split not in NO_GROUND_TRUTH_SPLITS
+    split_dir = Path(split_shard_files(data_root, split)[0]).parent
     data = eval_dataset(cfg, data_root, split, with_raw=save_predictions is not None)
     total = data.get_dataset_size()
-    if max_images > 0 and max_images < total:
-        data = data.take(max_images)
-        total = max_images
+    if 0 < max_images < total:
+        data, total = data.take(max_images), max_images
     writer = PredictionWriter(save_predictions, split=split, checkpoint=checkpoint) if save_predictions else None
-
-    e = cfg.eval
-    cm = ConfusionMatrix(NUM_CLASSES)
-    spent = dict.fromkeys(("input", "inference", "argmax", "metric", "write"), 0.0)
+    scoring = _Scoring(net, cfg, split, split_dir, writer)
     progress = Progress(total, f"eval {split}", "img") if show_progress else None
     was_training = net.training
     net.set_train(False)
     start = time.perf_counter()
-    done = 0
     try:
-        rows = read_batches(data, data_root, split, f"eval {split}", output_numpy=True, as_dict=True,
-                            in_manifest_order=True)
-        while True:
-            t0 = time.perf_counter()
-            row = next(rows, None)
-            if row is None:
-                break
-            t1 = time.perf_counter()
-            label = row["label"]
-            # Logits are resized straight to the label size (out_size), as the official evaluation does.
-            pred = sliding_window_predict(net, row["image"], NUM_CLASSES, e.window_size, e.window_stride,
-                                          batch_windows=e.batch_windows, flip=e.flip, scales=tuple(e.scales),
-                                          out_size=label.shape)
-            t2 = t3 = time.perf_counter()  # the argmax runs band by band inside the prediction
-            if has_gt:
-                try:
-                    cm.update(label, pred)
-                except ValueError as err:
-                    raise EvalError(f"{Path(files[0]).parent}: image {row['id']}: {err}") from None
-            t4 = time.perf_counter()
-            if writer is not None:
-                writer.add(str(row["city"]), str(row["id"]), pred, row["raw"])
-            t5 = time.perf_counter()
-            for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                spent[key] += dt
-            done += 1
-            if progress is not None:
-                running = compute_metrics(cm.matrix)["mIoU"] if has_gt else None
-                progress.update(1, postfix=f"mIoU so far {100 * running:.2f}" if running is not None else None)
-        if writer is not None:
-            t0 = time.perf_counter()
-            writer.commit(images=done)
-            spent["write"] += time.perf_counter() - t0
+        scoring.run(read_batches(data, data_root, split, f"eval {split}", output_numpy=True, as_dict=True,
+                                 in_manifest_order=True), progress)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -110,12 +73,59 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
         net.set_train(was_training)
         if progress is not None:
             progress.close()
-    seconds = time.perf_counter() - start
     if timings is not None:
-        timings.update(spent)
-    result = compute_metrics(cm.matrix) if has_gt else _no_metrics()
-    result.update(images=done, seconds=seconds)
+        timings.update(scoring.spent)
+    result = compute_metrics(scoring.cm.matrix) if scoring.has_gt else _no_metrics()
+    result.update(images=scoring.done, seconds=time.perf_counter() - start)
     return result
+
+
+class _Scoring:
+    """The per-image work of an evaluation: predict, accumulate the confusion matrix, export."""
+
+    def __init__(self, net, cfg: Config, split: str, split_dir: Path, writer):
+        self.net, self.e, self.split_dir, self.writer = net, cfg.eval, split_dir, writer
+        self.has_gt = split not in NO_GROUND_TRUTH_SPLITS
+        self.cm = ConfusionMatrix(NUM_CLASSES)
+        self.spent = dict.fromkeys(("input", "inference", "argmax", "metric", "write"), 0.0)
+        self.done = 0
+
+    def run(self, rows, progress) -> None:
+        while True:
+            t0 = time.perf_counter()
+            row = next(rows, None)
+            if row is None:
+                break
+            self.spent["input"] += time.perf_counter() - t0
+            self.image(row)
+            if progress is not None:
+                running = compute_metrics(self.cm.matrix)["mIoU"] if self.has_gt else None
+                progress.update(1, postfix=f"mIoU so far {100 * running:.2f}" if running is not None else None)
+        if self.writer is not None:
+            t0 = time.perf_counter()
+            self.writer.commit(images=self.done)
+            self.spent["write"] += time.perf_counter() - t0
+
+    def image(self, row: dict) -> None:
+        e, label = self.e, row["label"]
+        t1 = time.perf_counter()
+        # Logits are resized straight to the label size (out_size), as the official evaluation does.
+        pred = sliding_window_predict(self.net, row["image"], NUM_CLASSES, e.window_size, e.window_stride,
+                                      batch_windows=e.batch_windows, flip=e.flip, scales=tuple(e.scales),
+                                      out_size=label.shape)
+        t2 = time.perf_counter()
+        if self.has_gt:
+            try:
+                self.cm.update(label, pred)
+            except ValueError as err:
+                raise EvalError(f"{self.split_dir}: image {row['id']}: {err}") from None
+        t3 = time.perf_counter()
+        if self.writer is not None:
+            self.writer.add(str(row["city"]), str(row["id"]), pred, row["raw"])
+        t4 = time.perf_counter()
+        for key, dt in zip(("inference", "metric", "write"), (t2 - t1, t3 - t2, t4 - t3)):
+            self.spent[key] += dt
+        self.done += 1
 
 
 def write_metrics_json(metrics: dict, path) -> None:

@@ -82,6 +82,20 @@ def scene(rng: np.random.Generator, h: int, w: int) -> list[dict]:
     def add(label, polygon, **extra):
         objs.append({"label": label, "polygon": [[int(x), int(y)] for x, y in polygon], **extra})
 
+    hz = _background(add, rng, h, w)
+    _street_furniture(add, rng, h, w, hz)
+    _things(add, rng, h, w, hz)
+    _extras(add, rng, h, w)
+    return objs
+
+
+def _depth_scale(y: float, hz: int, h: int) -> float:
+    """Perspective: things near the bottom are bigger."""
+    return max((y - hz) / (h - hz), 0.05)
+
+
+def _background(add, rng, h: int, w: int) -> int:
+    """Sky, buildings, trees, walls and fences, the road with its sidewalks; returns the horizon row."""
     hz = int(h * rng.uniform(0.38, 0.5))          # horizon
     add("sky", _quad(0, 0, w - 1, hz + 2))
     x = int(-rng.uniform(0, 0.1) * w)
@@ -115,14 +129,15 @@ def scene(rng: np.random.Generator, h: int, w: int) -> list[dict]:
         add("parking", [(w - 1, int(0.7 * h)), (w - 1, hz + 0.12 * h), (vx + 0.2 * w, hz + 0.06 * h)])
     if rng.random() < 0.3:
         add("ground", _quad(0, hz + 0.02 * h, 0.08 * w, hz + 0.08 * h))
+    return hz
 
-    def depth_scale(y):                            # perspective: things near the bottom are bigger
-        return max((y - hz) / (h - hz), 0.05)
 
+def _street_furniture(add, rng, h: int, w: int, hz: int) -> None:
+    """Poles with signs and lights, sometimes a pole group."""
     for side in rng.permutation([0, 1])[: rng.integers(1, 3)]:   # poles with signs and lights
         px = rng.uniform(0.02, 0.3) * w if side == 0 else rng.uniform(0.7, 0.98) * w
         py = hz + rng.uniform(0.05, 0.2) * h
-        s = depth_scale(py)
+        s = _depth_scale(py, hz, h)
         pw, ph = max(2, 0.012 * w * s * 3), h * 0.5 * s + 0.25 * h
         add("pole", _quad(px - pw / 2, py - ph, px + pw / 2, py))
         if rng.random() < 0.7:
@@ -136,13 +151,16 @@ def scene(rng: np.random.Generator, h: int, w: int) -> list[dict]:
         px = rng.uniform(0.1, 0.9) * w
         add("polegroup", _quad(px, hz - 0.2 * h, px + 6, hz + 0.05 * h))
 
+
+def _things(add, rng, h: int, w: int, hz: int) -> None:
+    """Vehicles, people, riders and small objects, far to near."""
     things = ["car"] * 6 + ["person"] * 3 + ["truck", "bus", "rider", "static", "dynamic"]
     if rng.random() < 0.2:
         things.append("train")
     placed = sorted(((rng.uniform(hz + 0.04 * h, 0.97 * h), t) for t in rng.choice(things, rng.integers(4, 9))),
                     key=lambda p: p[0])
     for y, kind in placed:                          # far to near, so nearer objects are drawn on top
-        s = depth_scale(y)
+        s = _depth_scale(y, hz, h)
         cx = rng.uniform(0.05, 0.95) * w
         if kind in ("car", "truck", "bus", "train"):
             bw = {"car": 0.22, "truck": 0.3, "bus": 0.4, "train": 0.6}[kind] * w * s
@@ -168,6 +186,10 @@ def scene(rng: np.random.Generator, h: int, w: int) -> list[dict]:
         else:
             r = 0.04 * w * s + 3
             add(kind, _ellipse(cx, y - r, r, r, 6))
+
+
+def _extras(add, rng, h: int, w: int) -> None:
+    """A lone bicycle, a deleted polygon, the ego vehicle."""
     if rng.random() < 0.6:                         # a bicycle standing alone
         bx, by = rng.uniform(0.05, 0.95) * w, rng.uniform(0.75, 0.85) * h
         add("bicycle", [(bx - 12, by), (bx - 12, by - 14), (bx + 12, by - 14), (bx + 12, by)])
@@ -177,7 +199,6 @@ def scene(rng: np.random.Generator, h: int, w: int) -> list[dict]:
         top = h * rng.uniform(0.9, 0.95)
         add("ego vehicle", [(0, h - 1), (0, h * 0.97), (w * 0.25, top), (w * 0.75, top), (w - 1, h * 0.97),
                             (w - 1, h - 1)])
-    return objs
 
 
 def _texture(kind: str, strength: float, hh: int, ww: int, rng: np.random.Generator, y0: int) -> np.ndarray:

@@ -55,3 +55,27 @@ def test_seed_config():
 def test_model_key_validation(model, key):
     with pytest.raises(ConfigError, match=key.replace("(", r"\(")):
         config_from_dict({"model": model}, "x.yaml")
+
+
+def _leaves(d: dict, prefix: str = ""):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "cityscapes.yaml"),
+                         ids=lambda p: p.name)
+def test_each_config_holds_only_what_differs_from_its_base(path):
+    import yaml
+    from dataclasses import asdict
+
+    raw = yaml.safe_load(path.read_text())
+    assert "base" in raw, f"{path.name} repeats the shared recipe instead of naming a base"
+    base = asdict(load_config(path.parent / raw.pop("base")))
+    for key, value in _leaves(raw):
+        node = base
+        for part in key.split("."):
+            node = node[part]
+        assert node != value, f"{path.name}: {key} = {value!r} is already its base's value"

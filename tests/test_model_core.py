@@ -10,7 +10,7 @@ from settings.files import load_config
 from settings.schema import Config, DecoderConfig, ModelConfig
 from evaluate.sliding_window import sliding_window_probs, window_anchors
 from model.checkpoint import CheckpointError, load_model, save_model
-from base.resize import resize_bilinear
+from base.resize import resize_bilinear, source_rows
 from base.device import setup_context
 from model.segmenter import build_segmenter
 from model.vit import resize_pos_embed
@@ -57,25 +57,51 @@ def test_training_mode_is_stochastic_and_eval_is_not():
     assert np.abs(c - a).max() > 1e-4
 
 
-def test_pos_embed_resize_matches_torch_bilinear_rule():
-    rng = np.random.RandomState(0)
-    pos = rng.randn(1, 1 + 3 * 4, 6).astype(np.float32)
+def _bilinear_field(h: int, w: int, a=0.7, b=-1.3, c=0.05, d=2.0) -> np.ndarray:
+    """f(y, x) = a*y + b*x + c*x*y + d at integer pixel centres: bilinear on every cell, so any
+    bilinear interpolation of it is exact."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    return a * y + b * x + c * x * y + d
+
+
+def _torch_bilinear_of_field(h_in, w_in, h_out, w_out, **coef) -> np.ndarray:
+    """The closed form of F.interpolate(bilinear, align_corners=False) on `_bilinear_field`: output
+    pixel i samples source coordinate (i + 0.5) * n_in / n_out - 0.5, clamped to [0, n_in - 1]."""
+    ys = np.clip((np.arange(h_out) + 0.5) * h_in / h_out - 0.5, 0, h_in - 1)
+    xs = np.clip((np.arange(w_out) + 0.5) * w_in / w_out - 0.5, 0, w_in - 1)
+    a, b, c, d = (coef.get(k, v) for k, v in zip("abcd", (0.7, -1.3, 0.05, 2.0)))
+    return a * ys[:, None] + b * xs[None, :] + c * xs[None, :] * ys[:, None] + d
+
+
+@pytest.mark.parametrize("size_in,size_out", [((3, 4), (5, 7)), ((8, 8), (3, 5)), ((2, 2), (4, 4)), ((6, 9), (6, 4))])
+def test_resize_bilinear_matches_the_closed_form(size_in, size_out):
+    x = np.stack([_bilinear_field(*size_in), _bilinear_field(*size_in, a=-0.2, c=0.3)]).astype(np.float32)
+    out = resize_bilinear(x, size_out)
+    np.testing.assert_allclose(out[0], _torch_bilinear_of_field(*size_in, *size_out), atol=1e-5)
+    np.testing.assert_allclose(out[1], _torch_bilinear_of_field(*size_in, *size_out, a=-0.2, c=0.3), atol=1e-5)
+
+
+def test_resize_bilinear_in_row_bands_is_bit_identical():
+    x = np.random.RandomState(3).randn(2, 37, 23).astype(np.float32)
+    whole = resize_bilinear(x, (91, 40))
+    for r0, r1 in ((0, 10), (10, 57), (57, 91)):
+        s0, s1 = source_rows(37, 91, r0, r1)
+        band = resize_bilinear(x[:, s0:s1], (91, 40), rows=(r0, r1), source_height=37, row_offset=s0)
+        np.testing.assert_array_equal(band, whole[:, r0:r1])
+
+
+def test_pos_embed_resize_matches_the_closed_form():
+    grid = np.stack([_bilinear_field(3, 4, a=0.1 * k, b=0.3 - 0.05 * k) for k in range(6)])  # (6, 3, 4)
+    cls = np.arange(6, dtype=np.float32)[None]
+    pos = np.concatenate([cls, grid.reshape(6, 12).T], 0)[None].astype(np.float32)
     out = resize_pos_embed(ms.Tensor(pos), (3, 4), (5, 7)).asnumpy()
     assert out.shape == (1, 1 + 35, 6)
-    np.testing.assert_array_equal(out[:, 0], pos[:, 0])  # class token kept aside
-    grid = pos[0, 1:].reshape(3, 4, 6).transpose(2, 0, 1)
-    expected = resize_bilinear(grid, (5, 7)).transpose(1, 2, 0).reshape(35, 6)
-    np.testing.assert_allclose(out[0, 1:], expected, atol=1e-5)
+    np.testing.assert_array_equal(out[0, 0], cls[0])  # class token kept aside
+    for k in range(6):
+        want = _torch_bilinear_of_field(3, 4, 5, 7, a=0.1 * k, b=0.3 - 0.05 * k)
+        np.testing.assert_allclose(out[0, 1:, k].reshape(5, 7), want, atol=1e-5)
     same = resize_pos_embed(ms.Tensor(pos), (3, 4), (3, 4)).asnumpy()
     np.testing.assert_array_equal(same, pos)
-
-
-def test_resize_bilinear_known_values():
-    x = np.array([[[0.0, 1.0], [2.0, 3.0]]], np.float32)
-    # align_corners=False upsampling x2 of [0, 1]: 0, 0.25, 0.75, 1
-    out = resize_bilinear(x, (4, 4))
-    np.testing.assert_allclose(out[0, 0], [0, 0.25, 0.75, 1], atol=1e-6)
-    np.testing.assert_allclose(out[0, :, 0], [0, 0.5, 1.5, 2], atol=1e-6)
 
 
 def test_window_anchors_rule():
@@ -117,9 +143,23 @@ def test_sliding_window_equals_forward_when_image_is_one_window():
     e = np.exp(single - single.max(0))
     np.testing.assert_allclose(probs[:, :, :16], (e / e.sum(0))[:, :, :16], atol=1e-5)
     assert probs.shape == expected.shape
-    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
-    flipped = sliding_window_probs(net, image, 5, 32, 16, batch_windows=4, flip=True, scales=(0.5, 1.0))
-    np.testing.assert_allclose(flipped.sum(0), 1, atol=1e-5)
+
+
+def test_flip_averages_the_softmax_of_the_image_and_its_mirror():
+    setup_context("CPU", "pynative", 0)
+    net = build_segmenter(tiny_cfg().model)
+    net.set_train(False)
+    image = np.random.RandomState(4).randn(3, 32, 32).astype(np.float32)  # exactly one window
+
+    def softmax(z):
+        e = np.exp(z - z.max(0))
+        return e / e.sum(0)
+
+    plain = softmax(net(ms.Tensor(image[None])).asnumpy()[0])
+    mirrored = softmax(net(ms.Tensor(np.ascontiguousarray(image[None, :, :, ::-1]))).asnumpy()[0][:, :, ::-1])
+    probs = sliding_window_probs(net, image, 5, 32, 32, batch_windows=2, flip=True)
+    np.testing.assert_allclose(probs, (plain + mirrored) / 2, atol=1e-6)
+    assert np.abs(plain - mirrored).max() > 1e-3  # the mirror really is a different input
 
 
 def test_save_load_roundtrip_and_rejections(tmp_path):

@@ -215,6 +215,7 @@ def test_mixed_precision_trains_the_segmenter(full_run, tiny_data, tmp_path, lev
     assert all(np.isfinite(losses)), losses
     # Same initial weights and first batch: float16 compute moves the first loss only slightly.
     assert losses[0] == pytest.approx(reference.losses[0][1], rel=2e-2)
+    assert losses[0] != reference.losses[0][1]  # it did compute in float16
     entries = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000003.ckpt")
     weights = {name: p for name, p in entries.items() if not name.startswith(("optimizer.", "state."))}
     assert len(weights) == len(list(result.net.get_parameters()))

@@ -80,20 +80,34 @@ def test_cross_entropy_matches_numpy_and_ignores_255():
     assert float(SegCrossEntropy(255)(Tensor(logits), Tensor(all_ignored)).asnumpy()) == 0.0
 
 
-@pytest.mark.parametrize("name", ["poly", "cosine", "constant"])
-def test_schedules_match_closed_forms(name):
-    s = ScheduleConfig(name=name, power=0.9, min_lr=1e-4, warmup_iters=10, warmup_ratio=0.1)
-    base, total = 0.01, 100
-    for step in (0, 5, 9, 10, 37, 99, 100):
-        t = step / total
-        main = {"poly": (base - 1e-4) * (1 - t) ** 0.9 + 1e-4,
-                "cosine": 1e-4 + (base - 1e-4) * (1 + math.cos(math.pi * t)) / 2,
-                "constant": base}[name]
-        warm = 1 - (1 - step / 10) * (1 - 0.1) if step < 10 else 1.0
-        assert lr_at(step, total, base, s) == pytest.approx(main * warm, rel=1e-12)
-    assert lr_at(0, total, base, s) == pytest.approx((base if name == "constant" else
-                                                      {"poly": base, "cosine": base}[name]) * 0.1)
-    assert lr_at(100, 100, base, ScheduleConfig(name="poly", min_lr=1e-4)) == pytest.approx(1e-4)
+@pytest.mark.parametrize("name,step,want", [
+    # Values worked out by hand (base 0.01, min 1e-4, 100 steps, no warmup).
+    ("poly", 0, 0.01), ("poly", 100, 1e-4),
+    ("poly", 75, 0.0099 * 0.5 + 1e-4),          # power 0.5: (1 - 0.75) ** 0.5 = 0.5
+    ("cosine", 50, (0.01 + 1e-4) / 2),          # half way: the mean of base and min
+    ("cosine", 100, 1e-4), ("cosine", 0, 0.01),
+    ("constant", 37, 0.01),
+])
+def test_schedules_at_hand_computed_points(name, step, want):
+    power = 0.5 if name == "poly" else 0.9
+    assert lr_at(step, 100, 0.01, ScheduleConfig(name=name, power=power, min_lr=1e-4)) == pytest.approx(want, rel=1e-12)
+
+
+def test_poly_with_the_paper_power_halves_where_the_inverse_says():
+    s = ScheduleConfig(name="poly", power=0.9, min_lr=0.0)
+    half = 1 - 0.5 ** (1 / 0.9)  # (1 - t) ** 0.9 = 0.5 solved for t
+    assert lr_at(int(round(half * 10_000)), 10_000, 0.02, s) == pytest.approx(0.01, rel=2e-4)
+    lrs = [lr_at(k, 1000, 0.01, ScheduleConfig()) for k in range(1001)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(1e-5)
+
+
+def test_linear_warmup_as_mmseg():
+    # poly power 1, min 0, 100 steps: main(step) = 0.01 * (100 - step) / 100; warmup 10 steps from ratio 0.1:
+    # the factor is 0.1 at step 0, 0.55 at step 5 (half way from 0.1 to 1), 1 from step 10 on.
+    s = ScheduleConfig(name="poly", power=1.0, min_lr=0.0, warmup_iters=10, warmup_ratio=0.1)
+    assert lr_at(0, 100, 0.01, s) == pytest.approx(0.001, rel=1e-12)
+    assert lr_at(5, 100, 0.01, s) == pytest.approx(0.0095 * 0.55, rel=1e-12)
+    assert lr_at(10, 100, 0.01, s) == pytest.approx(0.009, rel=1e-12)
 
 
 @pytest.mark.parametrize("sets", [
@@ -167,9 +181,54 @@ def test_learning_rate_parameter_drives_the_update():
 
 
 def test_weight_decay_skips_bias_norm_and_embeddings():
-    groups = param_groups(TinySeg(), 0.1)
+    from model.segmenter import build_segmenter
+    from settings.schema import DecoderConfig, ModelConfig
+
+    net = build_segmenter(ModelConfig(d_model=64, n_heads=2, n_layers=1, image_size=[32, 32], n_cls=5,
+                                      decoder=DecoderConfig(name="mask_transformer", n_layers=1)))
+    groups = param_groups(net, 0.1)
     decayed = {p.name for g in groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert decayed == {"conv.weight", "dense.weight", "head.weight"}
+    kept = {p.name for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    names = {p.name for p in net.trainable_params()}
+    embeddings = {"encoder.pos_embed", "encoder.cls_token", "decoder.cls_emb"}
+    assert embeddings <= names and embeddings <= kept  # the model has them, and they are not decayed
+    assert decayed | kept == names and not decayed & kept
+    for p in net.trainable_params():  # matrices decay (projections included), vectors never
+        assert (p.name in decayed) == (p.ndim > 1 and p.name not in embeddings), p.name
+    assert {"encoder.blocks.0.attn.qkv.weight", "decoder.proj_patch", "decoder.proj_classes"} <= decayed
+
+
+def _float16_exact(a: np.ndarray) -> bool:
+    return np.array_equal(a, a.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("level", ["O0", "O1", "O2"])
+def test_precision_policy_computes_in_float16(level):
+    """O1: every Dense/Conv2d computes in float16 (its float32 output holds float16 values), LayerNorm
+    and the rest in float32. O2: every cell computes in float16 except LayerNorm."""
+    from model.segmenter import build_segmenter
+    from settings.schema import DecoderConfig, ModelConfig
+
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        net = apply_amp(build_segmenter(ModelConfig(d_model=64, n_heads=2, n_layers=1, image_size=[32, 32], n_cls=5,
+                                                    decoder=DecoderConfig(n_layers=1))), level)
+        net.set_train(False)
+        x = Tensor(np.random.default_rng(0).normal(size=(1, 5, 64)).astype(np.float32))
+        block = net.encoder.blocks[0]
+        qkv, norm = block.attn.qkv(x), block.norm1(x)
+        logits = net(Tensor(np.random.default_rng(1).normal(size=(1, 3, 32, 32)).astype(np.float32)))
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+    assert norm.dtype == ms.float32 and not _float16_exact(norm.asnumpy())
+    if level == "O0":
+        assert qkv.dtype == ms.float32 and not _float16_exact(qkv.asnumpy())
+        assert logits.dtype == ms.float32
+    elif level == "O1":
+        assert qkv.dtype == ms.float32 and _float16_exact(qkv.asnumpy())
+        assert logits.dtype == ms.float32
+    else:
+        assert qkv.dtype == ms.float16 and logits.dtype == ms.float16
 
 
 
