@@ -224,6 +224,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     from pathlib import Path
 
     from base.atomic import check_writable_dir
+    from base.device import init_distributed
     from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, EvalError, evaluate_split, write_metrics_json
     from evaluate.predictions import PredictionError, check_prediction_dir
     from mindrecords.manifest import MindRecordError, split_shard_files
@@ -242,10 +243,14 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
             check_prediction_dir(save_predictions)
         split_shard_files(data, split)  # fail on a missing split before loading the model
         net = _load_net(cfg, checkpoint)
+        rank, group_size = init_distributed()  # under msrun: each rank evaluates its share
         result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
-                                checkpoint=str(checkpoint))
+                                checkpoint=str(checkpoint), show_progress=rank == 0, rank=rank,
+                                group_size=group_size)
     except (ConfigError, CheckpointError, EvalError, MindRecordError, PredictionError) as err:
         raise UserError(str(err)) from None
+    if rank > 0:
+        return
     _print_eval(result, cfg, split, save_predictions)
     if json_path:
         try:
@@ -309,30 +314,42 @@ def train_cmd(config, data, out, resume, overrides):
 @click.option("--config", required=True, type=click.Path(dir_okay=False), help="Config YAML (data.* and model.mean/std).")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="build-mindrecord output folder.")
 @click.option("--n", "n", default=8, show_default=True, type=click.IntRange(min=1), help="Samples to save.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Folder for the PNGs (not with --list-ids).")
+@click.option("--list-ids", is_flag=True, help="Print the sample ids one epoch feeds to one rank, in reading order.")
+@click.option("--epoch", default=0, show_default=True, type=click.IntRange(min=0), help="With --list-ids: the epoch.")
+@click.option("--rank", default=0, show_default=True, type=click.IntRange(min=0), help="With --list-ids: the rank.")
+@click.option("--ranks", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --list-ids: the number of data-parallel ranks.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set data.photometric.enabled=false (repeatable).")
-def inspect_pipeline_cmd(config, data, n, out, overrides):
-    """Save N augmented training samples as image | image+label overlay PNGs."""
+def inspect_pipeline_cmd(config, data, n, out, list_ids, epoch, rank, ranks, overrides):
+    """Save N augmented training samples as image | image+label overlay PNGs, or (--list-ids) print
+    which samples an epoch feeds to a rank."""
     import time
 
-    from settings.files import apply_overrides, load_config
-
-    from settings.schema import ConfigError
-    from mindrecords.manifest import MindRecordError
-    from mindrecords.inspect import save_inspection
     from base.progress import Progress
+    from mindrecords.inspect import save_inspection
+    from mindrecords.manifest import MindRecordError
+    from mindrecords.train_pipeline import epoch_ids
+    from settings.files import apply_overrides, load_config
+    from settings.schema import ConfigError
 
+    if list_ids == (out is not None):
+        raise UserError("give --out FOLDER to save samples, or --list-ids to print an epoch's sample ids")
+    if rank >= ranks:
+        raise UserError(f"--rank {rank}: must be below --ranks {ranks}")
     start = time.perf_counter()
     try:
         cfg = apply_overrides(load_config(config), list(overrides))
+        if list_ids:
+            for sample_id in epoch_ids(cfg, data, epoch, rank, ranks):
+                click.echo(sample_id)
+            return
         progress = Progress(n, "inspect-pipeline", "sample")
         written = save_inspection(cfg, data, n, out, progress)
         progress.close()
     except (ConfigError, MindRecordError) as err:
         raise UserError(str(err)) from None
-    except OSError as err:  # --out not writable
-        raise UserError(f"{err.filename or out}: {err.strerror or err}") from None
     seconds = time.perf_counter() - start
     short = f" (the {cfg.data.train_split} split has only {len(written)} per pass)" if len(written) < n else ""
     click.echo(f"saved {len(written)} samples{short} to {out} in {seconds:.1f}s "

@@ -1,6 +1,10 @@
-"""MindSpore execution context from the config: device, graph or PyNative mode, seed."""
+"""The MindSpore execution context from the config (device, graph or PyNative mode, seed), the
+data-parallel group msrun starts, and the one collective the evaluation needs."""
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import mindspore as ms
 
 
@@ -9,3 +13,48 @@ def setup_context(device_target: str = "CPU", mode: str = "graph", seed: int | N
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if seed is not None:
         ms.set_seed(seed)
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, group_size); under msrun (MS_WORKER_NUM set) joins the group for data parallel."""
+    if int(os.environ.get("MS_WORKER_NUM", "1")) <= 1:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
+
+
+LIMB_BITS = 16
+LIMBS = 4  # 64-bit counts
+
+
+def to_limbs(counts: np.ndarray) -> np.ndarray:
+    """Non-negative int64 counts -> (LIMBS, ...) float32 16-bit limbs, least significant first."""
+    counts = np.asarray(counts, np.int64)
+    if (counts < 0).any():
+        raise ValueError("counts must be non-negative")
+    mask = (1 << LIMB_BITS) - 1
+    return np.stack([(counts >> (LIMB_BITS * k)) & mask for k in range(LIMBS)]).astype(np.float32)
+
+
+def from_limbs(limbs: np.ndarray) -> np.ndarray:
+    """Summed limbs (each an integer below 2**24) -> the int64 counts, carries included."""
+    limbs = np.asarray(limbs).astype(np.int64)
+    return sum(limbs[k] << (LIMB_BITS * k) for k in range(LIMBS))
+
+
+def all_reduce_counts(counts: np.ndarray, group_size: int) -> np.ndarray:
+    """Sum non-negative int64 `counts` over the group, exactly.
+
+    The CPU collectives (MindSpore 2.10) reduce float32 only, which holds integers exactly up to
+    2**24: the counts travel as 16-bit limbs, whose sums over up to 256 ranks stay below 2**24.
+    """
+    if group_size <= 1:
+        return counts
+    if group_size > 1 << (24 - LIMB_BITS):
+        raise ValueError(f"exact count reduction supports up to {1 << (24 - LIMB_BITS)} ranks, not {group_size}")
+    from mindspore import ops
+
+    return from_limbs(ops.AllReduce()(ms.Tensor(to_limbs(counts))).asnumpy())

@@ -1,9 +1,10 @@
 """Train-step time and peak memory: seg_tiny, batch 2 x 768x768, GRAPH_MODE on CPU.
 
 Compares, each in its own process (so peak RSS is per variant):
-  per_block train.block_step.PerBlockTrainStep (the default, `train.step_graph: per_block`):
+  per_block train.block_step.PerBlockTrainStep (`train.step_graph: per_block`, what `auto` picks on CPU):
             one template block's forward and recompute+vjp graphs shared by all blocks, GRAPH_MODE
   whole     train.whole_step.TrainStep, one forward+backward graph (`train.step_graph: whole`), GRAPH_MODE
+  recompute the whole graph with MindSpore's recompute of every encoder block (`train.recompute: true`)
   pynative  the per-block step in PyNative mode (config `mode: pynative`)
   plain     the step written plainly: nn.WithLossCell + nn.TrainOneStepCell (no loss scale, no
             clip), loss as one composed expression (one-hot * log_softmax), GRAPH_MODE
@@ -69,11 +70,12 @@ def run_variant(args) -> dict:
     from train.optim import build_optimizer
     from train.loss_scale import build_loss_scaler
     from train.precision import apply_amp
-    from train.step import build_train_step, lr_tensor
+    from train.step import TrainStepFn, lr_tensor
 
-    step_graph = "whole" if args.variant == "whole" else "per_block"
+    step_graph = "whole" if args.variant in ("whole", "recompute") else "per_block"
     cfg = apply_overrides(Config(), [f"data.crop_size={args.crop}", f"train.batch_size={args.batch}",
-                                     f"train.step_graph={step_graph}"] + list(args.set))
+                                     f"train.step_graph={step_graph}",
+                                     f"train.recompute={str(args.variant == 'recompute').lower()}"] + list(args.set))
     setup_context("CPU", "pynative" if args.variant == "pynative" else "graph", 0)
     net = build_segmenter(cfg.model)
     rng = np.random.default_rng(0)
@@ -87,9 +89,14 @@ def run_variant(args) -> dict:
     if args.variant != "plain":
         net = apply_amp(net, cfg.train.amp_level)
         opt = build_optimizer(net, cfg.train.optimizer)
-        step = build_train_step(cfg, net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train))
+        step = TrainStepFn(cfg, net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train))
         lr = lr_tensor(cfg.train.optimizer.lr)
-        call = lambda: step(image_u8, label, valid, lr, 0)[0]  # noqa: E731
+        # --set train.accumulate=K: the same --batch samples per update, as K micro-batches.
+        k = cfg.train.accumulate
+        micro = args.batch // k
+        batches = [(image_u8[i * micro:(i + 1) * micro], label[i * micro:(i + 1) * micro],
+                    valid[i * micro:(i + 1) * micro]) for i in range(k)]
+        call = lambda: step(batches, lr, 0)[0]  # noqa: E731
     else:
         class PlainCE(nn.Cell):
             def construct(self, logits, lbl):

@@ -20,6 +20,7 @@ from mindrecords.eval_pipeline import eval_dataset
 from mindrecords.manifest import split_shard_files
 from mindrecords.reader import read_batches
 from base.atomic import write_text_atomic
+from base.device import all_reduce_counts
 from base.labels import NUM_CLASSES
 from base.progress import Progress
 
@@ -37,7 +38,8 @@ def _no_metrics() -> dict:
 
 def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
                    save_predictions=None, checkpoint: str | None = None,
-                   timings: dict | None = None, show_progress: bool = True) -> dict:
+                   timings: dict | None = None, show_progress: bool = True, rank: int = 0,
+                   group_size: int = 1) -> dict:
     """Run `net` over `split` with the settings in `cfg.eval`; return the metrics dict.
 
     Keys: mIoU (in [0, 1]), per_class {name: IoU or None}, categories {name: IoU or None},
@@ -51,11 +53,13 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
         source = checkpoint or "the model config"
         raise EvalError(f"{source}: the model predicts {cfg.model.n_cls} classes but Cityscapes data "
                         f"has {NUM_CLASSES} (model.n_cls must be {NUM_CLASSES})")
+    if save_predictions is not None and group_size > 1:
+        raise EvalError(f"{save_predictions}: --save-predictions writes one prediction set from one process; "
+                        "run it without msrun")
     split_dir = Path(split_shard_files(data_root, split)[0]).parent
-    data = eval_dataset(cfg, data_root, split, with_raw=save_predictions is not None)
+    data = eval_dataset(cfg, data_root, split, with_raw=save_predictions is not None, max_images=max_images,
+                        rank=rank, group_size=group_size)
     total = data.get_dataset_size()
-    if 0 < max_images < total:
-        data, total = data.take(max_images), max_images
     writer = PredictionWriter(save_predictions, split=split, checkpoint=checkpoint) if save_predictions else None
     scoring = _Scoring(net, cfg, split, split_dir, writer)
     progress = Progress(total, f"eval {split}", "img") if show_progress else None
@@ -64,7 +68,7 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     start = time.perf_counter()
     try:
         scoring.run(read_batches(data, data_root, split, f"eval {split}", output_numpy=True, as_dict=True,
-                                 in_manifest_order=True), progress)
+                                 in_manifest_order=group_size == 1), progress)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -75,8 +79,11 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
             progress.close()
     if timings is not None:
         timings.update(scoring.spent)
-    result = compute_metrics(scoring.cm.matrix) if scoring.has_gt else _no_metrics()
-    result.update(images=scoring.done, seconds=time.perf_counter() - start)
+    # The image count rides along with the matrix: one exact reduction for both.
+    counts = all_reduce_counts(np.append(scoring.cm.matrix.ravel(), scoring.done), group_size)
+    matrix, images = counts[:-1].reshape(scoring.cm.matrix.shape), int(counts[-1])
+    result = compute_metrics(matrix) if scoring.has_gt else _no_metrics()
+    result.update(images=images, seconds=time.perf_counter() - start)
     return result
 
 

@@ -15,7 +15,7 @@ import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 
 from base.network_input import network_input
-from mindrecords.manifest import split_shard_files
+from mindrecords.manifest import read_manifest, split_shard_files
 from mindrecords.schema import decode_label
 from settings.schema import Config
 
@@ -30,11 +30,22 @@ class _NetworkInput:
         return network_input(rgb, self.mean, self.std, self.infer_size)
 
 
-def eval_dataset(cfg: Config, data_root, split: str, with_raw: bool = False) -> ds.Dataset:
-    """The split's images in shard order (deterministic, no shuffling, one pass)."""
+def eval_indices(n_images: int, max_images: int = 0, rank: int = 0, group_size: int = 1) -> list[int]:
+    """The manifest rows rank `rank` evaluates: every `group_size`-th of the first `max_images`
+    (0 = all), so the ranks' shares are disjoint and together cover them once."""
+    n = min(n_images, max_images) if max_images > 0 else n_images
+    return list(range(rank, n, group_size))
+
+
+def eval_dataset(cfg: Config, data_root, split: str, with_raw: bool = False, max_images: int = 0,
+                 rank: int = 0, group_size: int = 1) -> ds.Dataset:
+    """The split's images in shard order (deterministic, no shuffling, one pass); rank `rank` of
+    `group_size` reads its share (`eval_indices`)."""
     files = split_shard_files(data_root, split)
+    n_images = read_manifest(data_root, split, columns=["id"]).num_rows
     workers = max(1, cfg.data.num_parallel_workers)
-    data = ds.MindDataset(files, columns_list=COLUMNS, shuffle=False, num_parallel_workers=workers)
+    data = ds.MindDataset(files, columns_list=COLUMNS, num_parallel_workers=workers,
+                          sampler=ds.SubsetSampler(eval_indices(n_images, max_images, rank, group_size)))
     data = data.map([vision.Decode()], input_columns=["image"], num_parallel_workers=workers)
     if with_raw:
         data = data.map([transforms.Duplicate()], input_columns=["image"], output_columns=["image", "raw"])

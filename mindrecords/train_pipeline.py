@@ -18,13 +18,19 @@ Normalization with `model.mean`/`model.std`, zeroing the image padding (0 in nor
 as mmseg pads after Normalize), HWC -> CHW and the int32 label are done by the train step's
 graph (`train.normalize.NormalizeBatch`): the pipeline ships uint8.
 
+Epochs: each epoch is a permutation of the split's records drawn from (seed, epoch) on the host
+(`epoch_indices`): rank r of R reads its own slice of floor(N / R) of it, so every sample comes at
+most once per epoch, the ranks' shares are disjoint and all ranks take the same number of steps.
+MindSpore's own `shuffle=True, num_samples=N` draws with replacement (docs/mindspore_notes.md), so
+the order is given to MindDataset as a `SubsetSampler` over the records' global indices (manifest
+order).
+
 Determinism: the same config, epoch_seed and rank give the same batches from a freshly built
-dataset. The data order and the flip come from MindSpore's dataset seed, which
-`build_train_dataset` sets (`mindspore.dataset.config.set_seed`, which also seeds `random` and
-`numpy.random`; it is read when the iterator is created, so build right before iterating).
-Scale, crop and photometric draws come from per-sample seeds drawn in data order by a
-single-worker op, so they do not depend on which thread augments which sample. Iterating the
-same dataset for several epochs reshuffles and redraws each epoch.
+dataset. The flip comes from MindSpore's dataset seed, which `build_train_dataset` sets
+(`mindspore.dataset.config.set_seed`, which also seeds `random` and `numpy.random`; it is read when
+the iterator is created, so build right before iterating). Scale, crop and photometric draws come
+from per-sample seeds drawn in data order by a single-worker op, so they do not depend on which
+thread augments which sample. One dataset is one epoch: the loop builds the next one.
 """
 from __future__ import annotations
 
@@ -66,6 +72,22 @@ def scale_crop_op(cfg: Config) -> ScaleCropPhotometric:
                                 d.ignore_index, photometric)
 
 
+def epoch_indices(n_samples: int, seed: int, rank: int = 0, group_size: int = 1) -> list[int]:
+    """Rank `rank`'s records of the epoch whose pipeline seed is `seed`, in reading order: its
+    slice of floor(n / group_size) of one permutation of 0..n-1 (manifest row order)."""
+    per_rank = n_samples // group_size
+    order = np.random.default_rng(seed).permutation(n_samples)
+    return [int(i) for i in order[rank * per_rank:(rank + 1) * per_rank]]
+
+
+def epoch_ids(cfg: Config, data_root, epoch: int, rank: int = 0, group_size: int = 1) -> list[str]:
+    """The sample ids rank `rank` of `group_size` trains on in epoch `epoch`, in reading order."""
+    if not 0 <= rank < group_size:
+        raise ValueError(f"rank {rank} is outside 0..{group_size - 1}")
+    ids = read_manifest(data_root, cfg.data.train_split, columns=["id"]).column("id").to_pylist()
+    return [ids[i] for i in epoch_indices(len(ids), pipeline_seed(cfg, epoch), rank, group_size)]
+
+
 def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0, group_size: int = 1,
                         epoch_seed: int | None = None) -> ds.Dataset:
     """The batched pipeline over `files` holding `n_samples` records (see the module docstring).
@@ -89,10 +111,9 @@ def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0,
     # MindSpore rejects more workers than cores.
     workers = max(1, min(cfg.data.num_parallel_workers, os.cpu_count() or 1))
     crop = cfg.data.crop_size
-    sharding = dict(num_shards=group_size, shard_id=rank) if group_size > 1 else {}
-    # num_samples = floor share: every rank gets the same count, and no sample twice in an epoch.
-    data = ds.MindDataset(files, columns_list=["image", "label"], shuffle=True, num_samples=per_rank,
-                          num_parallel_workers=workers, **sharding)
+    order = epoch_indices(n_samples, seed, rank, group_size)
+    data = ds.MindDataset(files, columns_list=["image", "label"], sampler=ds.SubsetSampler(order),
+                          num_parallel_workers=workers)
     data = data.map(_SampleSeeds(np.random.SeedSequence([seed, rank])), input_columns=["label"],
                     output_columns=["label", "aug_seed"], num_parallel_workers=1)
     data = data.map(vision.Decode(), input_columns=["image"], num_parallel_workers=workers)

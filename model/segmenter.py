@@ -38,11 +38,18 @@ class Segmenter(nn.Cell):
             masks = masks[:, :, :h, :w]
         return masks
 
-    def construct(self, im):
+    def construct(self, im, keeps=None):
+        """`keeps`: optional per-block (2,B,1,1) drop-path masks drawn by the caller (training)."""
         h, w = im.shape[2], im.shape[3]
         x = self.encoder.embed(self.pad(im))
-        for blk in self.encoder.blocks:
-            x = blk(x)
+        if keeps is None:
+            for blk in self.encoder.blocks:
+                x = blk(x)
+        else:
+            i = 0
+            for blk in self.encoder.blocks:
+                x = blk(x, keeps[i])
+                i += 1
         return self.head(x, h, w)
 
 

@@ -6,6 +6,7 @@ across fields (model shape, data augmentation, evaluation, training) are checked
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
@@ -113,8 +114,13 @@ class TrainConfig:
     amp_level: str = "O0"  # O0 | O1 | O2
     # per_block: one compiled graph per block kind, blocks recomputed in backward (memory of one
     # block: 4.3 GiB for seg_tiny at 2x768x768 on CPU); whole: one forward+backward graph
-    # (faster on small crops, memory grows with every block's attention maps).
-    step_graph: str = "per_block"  # per_block | whole
+    # (faster on small crops, memory grows with every block's attention maps); auto: per_block on
+    # CPU (proven there), whole on GPU and Ascend.
+    step_graph: str = "auto"  # auto | per_block | whole
+    # whole only: MindSpore recomputes each encoder block in the backward pass (less memory).
+    recompute: bool = False
+    # Micro-batches per optimizer update: global batch = batch_size x ranks x accumulate.
+    accumulate: int = 1
     loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -157,7 +163,7 @@ _CHOICES = {
     "train.optimizer.name": ("sgd", "adamw"),
     "train.schedule.name": ("poly", "cosine", "constant"),
     "train.amp_level": ("O0", "O1", "O2"),
-    "train.step_graph": ("per_block", "whole"),
+    "train.step_graph": ("auto", "per_block", "whole"),
 }
 
 
@@ -199,6 +205,8 @@ def _convert(tp, value: Any, key: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -278,14 +286,46 @@ def _check_eval(cfg: Config) -> None:
         raise ConfigError(f"eval.scales ({e.scales}) must be a non-empty list of positive factors")
 
 
+def _at_least(key: str, value, low, strict: bool = False) -> None:
+    if value < low or (strict and value == low):
+        raise ConfigError(f"{key} ({value}) must be {'>' if strict else '>='} {low}")
+
+
+def _check_optimization(cfg: Config) -> None:
+    t, o, sch = cfg.train, cfg.train.optimizer, cfg.train.schedule
+    _at_least("train.optimizer.lr", o.lr, 0, strict=True)
+    _at_least("train.optimizer.weight_decay", o.weight_decay, 0)
+    _at_least("train.optimizer.eps", o.eps, 0, strict=True)
+    if not 0 <= o.momentum < 1 or len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"train.optimizer.momentum ({o.momentum}) and each of train.optimizer.betas ({o.betas}) "
+                          "must be in [0, 1)")
+    _at_least("train.schedule.power", sch.power, 0, strict=True)
+    if not 0 <= sch.min_lr <= o.lr:
+        raise ConfigError(f"train.schedule.min_lr ({sch.min_lr}) must be in 0..train.optimizer.lr ({o.lr})")
+    _at_least("train.schedule.warmup_iters", sch.warmup_iters, 0)
+    if not 0 < sch.warmup_ratio <= 1:
+        raise ConfigError(f"train.schedule.warmup_ratio ({sch.warmup_ratio}) must be in (0, 1]")
+    for key in ("epochs", "iterations", "eval_every"):
+        _at_least(f"train.{key}", getattr(t, key), 0)
+    if t.epochs == 0 and t.iterations == 0:
+        raise ConfigError("train.epochs and train.iterations are both 0: the run would have no steps")
+    _at_least("train.clip_grad_norm", t.clip_grad_norm, 0)
+
+
 def _check_train(cfg: Config) -> None:
     t = cfg.train
     if t.batch_size <= 0:
         raise ConfigError("train.batch_size must be positive")
-    if t.step_graph == "per_block" and cfg.model.dropout > 0:
+    graph = resolved_step_graph(cfg)
+    if graph == "per_block" and cfg.model.dropout > 0:
         # The recomputed forward pass would draw different dropout masks than the first one.
         raise ConfigError(f"train.step_graph=per_block needs model.dropout=0 (got {cfg.model.dropout}); "
                           "set train.step_graph=whole to train with encoder dropout")
+    if t.recompute and (graph != "whole" or cfg.model.dropout > 0):
+        raise ConfigError(f"train.recompute recomputes the blocks of the whole step graph without encoder dropout "
+                          f"(train.step_graph resolves to {graph}, model.dropout={cfg.model.dropout}); the per-block "
+                          "step recomputes its blocks already")
+    _at_least("train.accumulate", t.accumulate, 1)
     for key in ("checkpoint_every", "log_every", "nonfinite_patience"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive")
@@ -295,9 +335,17 @@ def _check_train(cfg: Config) -> None:
         raise ConfigError("train.loss_scale: init_scale, factor and window must be >= 1")
 
 
+def resolved_step_graph(cfg: Config) -> str:
+    """`train.step_graph` with `auto` resolved for `device_target`: the per-block step re-points one
+    template block's weights, proven on CPU only; GPU and Ascend get the whole graph."""
+    if cfg.train.step_graph != "auto":
+        return cfg.train.step_graph
+    return "per_block" if cfg.device_target == "CPU" else "whole"
+
+
 def _check(cfg: Config) -> None:
     """Cross-field rules a type alone cannot express."""
-    for check in (_check_model, _check_data, _check_eval, _check_train):
+    for check in (_check_model, _check_data, _check_eval, _check_train, _check_optimization):
         check(cfg)
 
 

@@ -192,3 +192,37 @@ def test_a_colour_label_png_fails_with_a_clear_message(tmp_path):
     files = _write_shards(tmp_path / "bad.mindrecord", [(image, np.dstack([label] * 3))] * 4)
     with pytest.raises(RuntimeError, match="single-channel 8-bit"):
         _batches(_cfg(), files, 4)
+
+
+def _ids_of_epoch(files, n, epoch, rank=0, group_size=1, batch=1):
+    cfg = _cfg()
+    cfg.train.batch_size = batch
+    return [int(label[label != 255][0]) for _, label, _ in
+            _samples(_batches(cfg, files, n, rank=rank, group_size=group_size, epoch_seed=epoch))]
+
+
+@pytest.fixture(scope="module")
+def id_files(tmp_path_factory):
+    """Sample k has label k everywhere, so the label identifies the sample after augmentation."""
+    pairs = [(np.full((H, W, 3), 20 * k, np.uint8), np.full((H, W), k, np.uint8)) for k in range(11)]
+    return _write_shards(tmp_path_factory.mktemp("ids") / "ids.mindrecord", pairs)
+
+
+def test_an_epoch_is_a_permutation_of_the_split(id_files):
+    """MindDataset's own shuffle with num_samples draws with replacement (24 records gave 16 ids)."""
+    orders = [_ids_of_epoch(id_files, 11, epoch) for epoch in range(4)]
+    for order in orders:
+        assert sorted(order) == list(range(11))  # every sample exactly once
+    assert len({tuple(o) for o in orders}) == 4  # each epoch its own order
+    assert _ids_of_epoch(id_files, 11, 2) == orders[2]  # deterministic from (seed, epoch)
+
+
+def test_epoch_ids_are_the_order_the_pipeline_reads(id_files):
+    from mindrecords.train_pipeline import epoch_indices, pipeline_seed
+
+    cfg = _cfg()
+    for rank, ranks in ((0, 1), (0, 3), (2, 3)):
+        want = epoch_indices(11, pipeline_seed(cfg, 5), rank, ranks)
+        assert _ids_of_epoch(id_files, 11, 5, rank, ranks) == want
+    shares = [set(epoch_indices(11, pipeline_seed(cfg, 5), r, 3)) for r in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3] and len(set.union(*shares)) == 9  # disjoint floor(11/3)

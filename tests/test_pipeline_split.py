@@ -112,3 +112,26 @@ def test_inspect_pipeline_bad_inputs_exit_2(built, tmp_path):
     bad_out = runner.invoke(main, ["inspect-pipeline", "--config", str(config), "--data", str(built),
                                    "--out", str(blocker / "sub")])
     assert bad_out.exit_code == 2 and "file/sub" in bad_out.output
+
+
+def test_list_ids_prints_each_ranks_share_of_an_epoch(built, tmp_path):
+    from cli import main
+    from mindrecords.manifest import read_manifest
+
+    config = tmp_path / "cfg.yaml"
+    save_config(_cfg(), config)
+    everything = set(read_manifest(built, "train", columns=["id"]).column("id").to_pylist())
+
+    def ids(*extra):
+        r = CliRunner().invoke(main, ["inspect-pipeline", "--config", str(config), "--data", str(built), "--list-ids",
+                                      *map(str, extra)])
+        assert r.exit_code == 0, r.output
+        return r.output.split()
+
+    whole = ids("--epoch", 1)
+    assert sorted(whole) == sorted(everything) and whole == ids("--epoch", 1) and whole != ids("--epoch", 2)
+    r0, r1 = ids("--epoch", 1, "--rank", 0, "--ranks", 4), ids("--epoch", 1, "--rank", 1, "--ranks", 4)
+    assert len(r0) == len(r1) == 1 and r0 != r1  # floor(6 / 4) each, disjoint
+    bad = CliRunner(mix_stderr=False).invoke(main, ["inspect-pipeline", "--config", str(config), "--data", str(built),
+                                                    "--list-ids", "--rank", "2", "--ranks", "2"])
+    assert bad.exit_code == 2 and "--rank 2: must be below --ranks 2" in bad.stderr

@@ -16,7 +16,7 @@ from train.loss import NetWithLoss, SegCrossEntropy  # noqa: E402
 from train.normalize import NormalizeBatch  # noqa: E402
 from train.optim import build_optimizer  # noqa: E402
 from train.loss_scale import build_loss_scaler  # noqa: E402
-from train.step import build_train_step, lr_tensor  # noqa: E402
+from train.step import TrainStepFn, lr_tensor  # noqa: E402
 
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)
@@ -55,25 +55,12 @@ def _per_block(cfg):
     return net, opt, step.set_train()
 
 
-class _GradWithKeeps(nn.Cell):
-    """Reference: the whole network in ONE graph, blocks given explicit drop-path masks."""
-
-    def __init__(self, net, normalize, weights):
-        super().__init__(auto_prefix=False)
-        self.net = net
-        self.normalize = normalize
-        self.loss = SegCrossEntropy(255)
-        self.weights = weights
-        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-
-    def forward(self, image, label, valid, keeps):
-        x = self.net.encoder.embed(self.net.pad(self.normalize(image, valid)))
-        for i in range(len(self.net.encoder.blocks)):
-            x = self.net.encoder.blocks[i](x, keeps[i])
-        return self.loss(self.net.head(x, label.shape[1], label.shape[2]), label.astype(ms.int32))
-
-    def construct(self, image, label, valid, keeps, sens):
-        return self.grad(self.forward, self.weights)(image, label, valid, keeps, sens)
+def _whole_graph_grads(net, cfg, weights, batch, keeps):
+    """Reference: the whole network in ONE gradient graph, given the same drop-path masks."""
+    net_loss = NetWithLoss(net, SegCrossEntropy(255), _normalize(cfg))
+    grads = ops.GradOperation(get_by_list=True, sens_param=True)(net_loss, weights)(
+        *batch, ms.mutable(tuple(keeps)), Tensor(SCALE, ms.float32))
+    return net_loss(*batch, ms.mutable(tuple(keeps))), grads
 
 
 def _close(got, want, names):
@@ -87,13 +74,11 @@ def test_gradients_equal_the_whole_graph_without_drop_path():
     net, opt, step = _per_block(cfg)
     batch = _batch()  # 40x36: not a multiple of the patch, so padding and cropping are on the path
     loss, grads, scale = step.gradients(*batch, step=0)
-    net_loss = NetWithLoss(net, SegCrossEntropy(255), _normalize(cfg))
-    want = ops.GradOperation(get_by_list=True, sens_param=True)(net_loss, opt.parameters)(
-        *batch, Tensor(SCALE, ms.float32))
+    want_loss, want = _whole_graph_grads(net, cfg, opt.parameters, batch, step.keep_masks(2, 0))
     names = [p.name for p in opt.parameters]
     assert len(grads) == len(want) == len(names)
     _close(grads, want, names)
-    assert float(loss.asnumpy()) == pytest.approx(float(net_loss(*batch).asnumpy()), rel=1e-6)
+    assert float(loss.asnumpy()) == pytest.approx(float(want_loss.asnumpy()), rel=1e-6)
     assert float(scale.asnumpy()) == SCALE
 
 
@@ -105,7 +90,7 @@ def test_gradients_with_drop_path_use_one_mask_for_both_passes():
     # With rate 0.6 on the last block some branch of some sample is dropped in this draw.
     assert any((k.asnumpy() == 0).any() for k in keeps)
     _, grads, _ = step.gradients(*batch, step=5)
-    want = _GradWithKeeps(net, _normalize(cfg), opt.parameters)(*batch, tuple(keeps), Tensor(SCALE, ms.float32))
+    _, want = _whole_graph_grads(net, cfg, opt.parameters, batch, keeps)
     _close(grads, want, [p.name for p in opt.parameters])
 
 
@@ -132,8 +117,8 @@ def test_per_block_step_trains_and_matches_the_whole_step_update():
         ms.set_seed(0)
         net = build_segmenter(cfg.model)
         opt = build_optimizer(net, cfg.train.optimizer)
-        fn = build_train_step(cfg, net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train))
-        losses = [float(fn(*batch, lr_tensor(0.05), s)[0].asnumpy()) for s in range(4)]
+        fn = TrainStepFn(cfg, net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train))
+        losses = [float(fn([batch], lr_tensor(0.05), s)[0].asnumpy()) for s in range(4)]
         results[mode] = (losses, {p.name: p.asnumpy() for p in net.trainable_params()})
     (lb, wb), (lw, ww) = results["per_block"], results["whole"]
     assert lb[-1] < lb[0]
@@ -146,3 +131,82 @@ def test_per_block_refuses_encoder_dropout():
     with pytest.raises(ConfigError, match=r"train.step_graph=per_block needs model.dropout=0"):
         _cfg("model.dropout=0.1")
     assert _cfg("model.dropout=0.1", "train.step_graph=whole").train.step_graph == "whole"
+
+
+def _clean_samples(n=2, size=(32, 32)):
+    """Samples without ignore or padding pixels: the loss means of two micro-batches of one sample
+    then average to the loss of one batch of two."""
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, size=(n, *size, 3)).astype(np.uint8)
+    label = rng.integers(0, 19, size=(n, *size)).astype(np.uint8)
+    return image, label, np.full((n, 2), size, np.int32)
+
+
+def _one_update(cfg, batches):
+    ms.set_seed(0)
+    net = build_segmenter(cfg.model)
+    opt = build_optimizer(net, cfg.train.optimizer)
+    fn = TrainStepFn(cfg, net, SegCrossEntropy(255), opt, build_loss_scaler(cfg.train))
+    loss, finite, _ = fn(batches, lr_tensor(0.05), 0)
+    assert bool(finite.asnumpy())
+    return float(loss.asnumpy()), {p.name: p.asnumpy() for p in net.trainable_params()}
+
+
+@pytest.mark.parametrize("graph", ["per_block", "whole"])
+def test_two_accumulated_micro_batches_equal_one_batch_of_two(graph):
+    image, label, valid = _clean_samples()
+    cfg = _cfg("model.drop_path_rate=0.0", "train.clip_grad_norm=0.5", f"train.step_graph={graph}")
+    both = [(Tensor(image), Tensor(label), Tensor(valid))]
+    one_by_one = [(Tensor(image[i:i + 1]), Tensor(label[i:i + 1]), Tensor(valid[i:i + 1])) for i in range(2)]
+    loss_b2, w_b2 = _one_update(cfg, both)
+    loss_k2, w_k2 = _one_update(cfg, one_by_one)
+    _, w_k1 = _one_update(cfg, one_by_one[:1])
+    assert loss_k2 == pytest.approx(loss_b2, rel=1e-5)
+    moved = 0
+    for name in w_b2:
+        assert np.allclose(w_k2[name], w_b2[name], rtol=1e-4, atol=1e-6), name
+        moved += not np.allclose(w_k1[name], w_b2[name], rtol=1e-4, atol=1e-6)
+    assert moved  # one micro-batch alone is a different update: the comparison can tell
+
+
+def test_recompute_gives_the_whole_graph_gradients():
+    from train.whole_step import WholeGradients
+
+    cfg = _cfg("model.drop_path_rate=0.6", "train.step_graph=whole")
+    batch = _batch((32, 32))
+    results = []
+    for recompute in (False, True):
+        ms.set_seed(0)
+        net = build_segmenter(cfg.model)
+        if recompute:
+            for block in net.encoder.blocks:
+                block.recompute()
+        opt = build_optimizer(net, cfg.train.optimizer)
+        grads = WholeGradients(NetWithLoss(net, SegCrossEntropy(255), _normalize(cfg)), opt.parameters,
+                               build_loss_scaler(cfg.train))
+        grads.set_train()
+        keeps = PerBlockTrainStep(net, SegCrossEntropy(255), _normalize(cfg), opt, build_loss_scaler(cfg.train),
+                                  0.0).keep_masks(2, 5)
+        assert any((k.asnumpy() == 0).any() for k in keeps)  # some branch is dropped in this draw
+        results.append(grads(*batch, ms.mutable(tuple(keeps))))
+    (loss_a, ga), (loss_b, gb) = results
+    assert float(loss_a.asnumpy()) == pytest.approx(float(loss_b.asnumpy()), rel=1e-6)
+    _close(gb, ga, [f"grad {i}" for i in range(len(ga))])
+
+
+def test_auto_picks_the_step_graph_for_the_device():
+    from settings.schema import resolved_step_graph
+
+    assert Config().train.step_graph == "auto"
+    assert [resolved_step_graph(_cfg(f"device_target={d}")) for d in ("CPU", "GPU", "Ascend")] == \
+        ["per_block", "whole", "whole"]
+    assert resolved_step_graph(_cfg("device_target=GPU", "train.step_graph=per_block")) == "per_block"
+    # Encoder dropout is fine where auto means whole, refused where it means per-block.
+    assert _cfg("device_target=GPU", "model.dropout=0.1").model.dropout == 0.1
+    with pytest.raises(ConfigError, match="per_block needs model.dropout=0"):
+        _cfg("model.dropout=0.1")
+    with pytest.raises(ConfigError, match="train.recompute recomputes the blocks of the whole step graph"):
+        _cfg("train.recompute=true")  # CPU: auto is per_block
+    assert _cfg("train.recompute=true", "train.step_graph=whole").train.recompute
+    with pytest.raises(ConfigError, match=r"train.accumulate \(0\) must be >= 1"):
+        _cfg("train.accumulate=0")

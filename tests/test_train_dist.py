@@ -14,34 +14,60 @@ from test_train_run import tiny_data, write_tiny_config  # noqa: F401  (session 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_msrun_workers_share_the_batch_and_end_identical(tiny_data, tmp_path):  # noqa: F811
+def _msrun(tmp_path, script: str, *args, timeout: int = 600):
+    """Run `script` under msrun with 2 CPU workers; (result, logs). MindSpore 2.10's CPU collectives
+    have crashed a worker with SIGSEGV once on a heavily loaded machine (not reproducible alone); a
+    second launch tells such a crash from a real failure, which fails both times."""
     bin_dir = Path(sys.executable).parent
     msrun = bin_dir / "msrun"
     if not msrun.exists():
         pytest.skip("msrun is not installed beside the interpreter")
-    cfg = write_tiny_config(tmp_path / "tiny.yaml", train={"iterations": 3, "batch_size": 2, "eval_every": 0,
-                                                           "checkpoint_every": 3, "log_every": 1})
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONFAULTHANDLER="1")
-    # MindSpore 2.10's CPU collectives have crashed a worker with SIGSEGV once on a heavily loaded
-    # machine (not reproducible alone); a second launch tells such a crash from a real failure, which
-    # fails both times. The first attempt's logs are kept in the assertion message.
     first = ""
     for attempt in range(2):
         work = tmp_path / f"attempt{attempt}"
-        dump = work / "dump"
-        dump.mkdir(parents=True)
-        port = 20000 + (os.getpid() + 7919 * attempt) % 20000
+        work.mkdir(parents=True)
+        port = 20000 + (os.getpid() + 7919 * attempt + hash(script) % 1000) % 20000
         proc = subprocess.run([str(msrun), "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
-                               "--join=True", f"--log_dir={work / 'logs'}",
-                               str(ROOT / "tests" / "train_dist_worker.py"), str(cfg), str(tiny_data),
-                               str(work / "run"), str(dump)],
-                              cwd=work, env=env, capture_output=True, text=True, timeout=600)
+                               "--join=True", f"--log_dir={work / 'logs'}", str(ROOT / "tests" / script),
+                               *[str(a).replace("{work}", str(work)) for a in args]],
+                              cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
         logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted((work / "logs").glob("*.log")))
         if proc.returncode == 0 or "Error code: -11" not in proc.stdout + proc.stderr + logs:
             break
         first = "first attempt crashed (SIGSEGV):\n" + logs[-3000:]
     assert proc.returncode == 0, first + proc.stdout[-2000:] + proc.stderr[-2000:] + logs
-    ranks = [np.load(dump / f"rank{r}.npz") for r in (0, 1)]
+    return work
+
+
+def test_two_ranks_at_batch_1_take_the_update_of_one_rank_at_batch_2(tmp_path):
+    """Averaged, not summed, gradients: a sum would move every weight twice as far."""
+    from dp_step_worker import update
+
+    work = _msrun(tmp_path, "dp_step_worker.py", "{work}")
+    for graph in ("per_block", "whole"):
+        ranks = [np.load(work / f"{graph}_rank{r}.npz") for r in (0, 1)]
+        single = update(graph, [0, 1])
+        alone = update(graph, [0])  # rank 0's sample without the all-reduce
+        differs = 0
+        for name, want in single.items():
+            np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+            np.testing.assert_allclose(ranks[0][name], want, rtol=1e-4, atol=1e-6, err_msg=f"{graph} {name}")
+            differs += not np.allclose(alone[name], want, rtol=1e-4, atol=1e-6)
+        assert differs, "one sample's update equals the batch's: the comparison could not tell a missing reduce"
+
+
+def test_two_msrun_workers_share_the_batch_validate_together_and_end_identical(tiny_data, tmp_path):  # noqa: F811
+    import json
+
+    from evaluate.evaluator import evaluate_split
+    from model.checkpoint import load_model
+    from settings.files import load_config
+
+    cfg = write_tiny_config(tmp_path / "tiny.yaml", train={"iterations": 3, "batch_size": 2, "eval_every": 3,
+                                                           "checkpoint_every": 3, "log_every": 1})
+    work = _msrun(tmp_path, "train_dist_worker.py", cfg, tiny_data, "{work}/run", "{work}")
+    ranks = [np.load(work / f"rank{r}.npz") for r in (0, 1)]
     assert all(int(r["group_size"]) == 2 for r in ranks)
     # Gradients are averaged across ranks, so both replicas take identical steps.
     names = [k for k in ranks[0].files if k.startswith("w.")]
@@ -53,5 +79,33 @@ def test_two_msrun_workers_share_the_batch_and_end_identical(tiny_data, tmp_path
     assert len(d0) == len(d1) == 3
     assert not set(d0) & set(d1)
     # Only rank 0 writes into RUN.
-    assert sorted(p.name for p in (work / "run" / "checkpoints").iterdir()) == ["step_0000003.ckpt",
-                                                                                    "step_0000003.yaml"]
+    ckpt = work / "run" / "checkpoints" / "step_0000003.ckpt"
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best.ckpt", "best.yaml", "step_0000003.ckpt",
+                                                             "step_0000003.yaml"]
+    # Both ranks validated their halves of the val split; the summed counts give one process's score.
+    (val,) = [r for r in map(json.loads, (work / "run" / "metrics.jsonl").read_text().splitlines())
+              if r["type"] == "val"]
+    single = evaluate_split(load_model(ckpt, load_config(ckpt.with_suffix(".yaml"))), load_config(cfg), tiny_data,
+                            "val", show_progress=False)
+    assert val["images"] == single["images"] == 2
+    assert val["mIoU"] == single["mIoU"] and val["per_class"] == single["per_class"]
+
+
+def test_eval_under_msrun_scores_exactly_as_one_process(tiny_data, tmp_path):  # noqa: F811
+    import json
+
+    from test_train_run import run_cli
+
+    run = tmp_path / "run"
+    cfg = write_tiny_config(tmp_path / "tiny.yaml", train={"iterations": 2, "checkpoint_every": 2, "eval_every": 0})
+    code, out = run_cli("--config", cfg, "--data", tiny_data, "--out", run)
+    assert code == 0, out
+    ckpt = run / "checkpoints" / "step_0000002.ckpt"
+    single = tmp_path / "single.json"
+    subprocess.run([sys.executable, str(ROOT / "cli.py"), "eval", "--checkpoint", str(ckpt), "--data", str(tiny_data),
+                    "--json", str(single)], check=True, capture_output=True)
+    work = _msrun(tmp_path / "dist", str(ROOT / "cli.py"), "eval", "--checkpoint", ckpt, "--data", tiny_data,
+                  "--json", "{work}/dist.json")
+    a, b = json.loads(single.read_text()), json.loads((work / "dist.json").read_text())
+    for key in ("mIoU", "per_class", "categories", "pixel_accuracy", "images"):
+        assert a[key] == b[key], key

@@ -275,3 +275,62 @@ def test_resuming_a_finished_run_names_its_last_checkpoint(full_run, tiny_data, 
     assert code == 0, out
     assert "already finished" in out and f"last checkpoint {done / 'checkpoints' / 'step_0000006.ckpt'}" in out
     assert "last checkpoint None" not in out and _snapshot(done / "checkpoints") == before
+
+
+@pytest.mark.parametrize("case", ["no_val_split", "n_cls", "negative_lr", "nan_lr", "negative_iterations"])
+def test_bad_settings_are_refused_before_the_first_step(tiny_data, tmp_path, case):
+    data, extra = tiny_data, []
+    if case == "no_val_split":
+        data = tmp_path / "train_only"
+        shutil.copytree(tiny_data / "train", data / "train")
+    extra = {"n_cls": ["--set", "model.n_cls=7"], "negative_lr": ["--set", "train.optimizer.lr=-0.01"],
+             "nan_lr": ["--set", "train.optimizer.lr=.nan"],
+             "negative_iterations": ["--set", "train.iterations=-5"]}.get(case, [])
+    cfg = write_tiny_config(tmp_path / "tiny.yaml")
+    code, out = run_cli("--config", cfg, "--data", data, "--out", tmp_path / "run", *extra)
+    want = {"no_val_split": f"error: {data / 'val'}: split 'val' was never built",
+            "n_cls": "error: model.n_cls: the model predicts 7 classes",
+            "negative_lr": "train.optimizer.lr (-0.01) must be > 0",
+            "nan_lr": "train.optimizer.lr: expected a finite number, got nan",
+            "negative_iterations": "train.iterations (-5) must be >= 0"}[case]
+    assert code == 2 and want in out, out
+    assert "Traceback" not in out and not (tmp_path / "run").exists()
+
+
+def test_a_failing_validation_keeps_the_checkpoint_of_its_step(tiny_data, tmp_path, monkeypatch):
+    from settings.files import load_config
+    from train.checkpoint import TrainError
+    from train.loop import train
+
+    def broken(*args, **kwargs):
+        raise TrainError("validation failed")
+
+    monkeypatch.setattr("train.validation.evaluate_split", broken)
+    cfg = write_tiny_config(tmp_path / "tiny.yaml")  # checkpoint and validation both every 3 steps
+    with pytest.raises(TrainError, match="validation failed"):
+        train(load_config(cfg), tiny_data, tmp_path / "run", log=lambda *_: None)
+    assert (tmp_path / "run" / "checkpoints" / "step_0000003.ckpt").is_file()
+
+
+def test_accumulated_run_resumes_exactly_in_the_middle_of_an_epoch(tiny_data, tmp_path):
+    """accumulate 2 at batch 1: 8 batches per epoch make 4 updates; the cut after update 3 falls
+    mid-epoch, so the resumed run must skip 6 batches, not 3."""
+    from settings.files import load_config
+    from train.loop import train
+
+    cfg = write_tiny_config(tmp_path / "tiny.yaml", train={"batch_size": 1, "accumulate": 2, "eval_every": 0})
+    full = train(load_config(cfg), tiny_data, tmp_path / "full", record_batches=True, log=lambda *_: None)
+    assert len(full.batch_digests) == 12  # 6 updates x 2 micro-batches
+    assert len(set(full.batch_digests[:8])) == 8  # epoch 0: every sample once
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "full", cut)
+    for name in ("step_0000006.ckpt", "step_0000006.yaml"):
+        (cut / "checkpoints" / name).unlink()
+    resumed = train(None, tiny_data, cut, resume=True, given_config=False, record_batches=True, log=lambda *_: None)
+    assert resumed.batch_digests == full.batch_digests[6:]
+    assert [s for s, _ in resumed.losses] == [4, 5, 6]
+    for (_, a), (_, b) in zip(resumed.losses, full.losses[3:]):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+    want = {p.name: p.asnumpy() for p in full.net.get_parameters()}
+    for p in resumed.net.get_parameters():
+        np.testing.assert_allclose(p.asnumpy(), want[p.name], rtol=1e-5, atol=1e-6)

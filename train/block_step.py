@@ -22,11 +22,11 @@ passes, so this step requires model.dropout == 0 (the official configs' value).
 """
 from __future__ import annotations
 
-import numpy as np
 import mindspore as ms
 from mindspore import ParameterTuple, nn, ops
 
 from model.layers import Block
+from train.drop_path import block_rates, keep_masks
 from train.precision import apply_amp
 from train.update import ApplyGradients
 
@@ -92,7 +92,7 @@ def _stem_param(name: str) -> bool:
 
 
 class PerBlockTrainStep:
-    """`(image, label, valid, lr, step) -> (loss, finite, scale)`, as `train.step.build_train_step` returns."""
+    """`gradients` of one micro-batch and `apply` of their mean, as `train.step.TrainStepFn` uses them."""
 
     def __init__(self, net, loss: nn.Cell, normalize: nn.Cell, optimizer: nn.Optimizer, scaler, clip_norm: float,
                  grad_reducer: nn.Cell | None = None, seed: int = 0, rank: int = 0, amp_level: str = "O0"):
@@ -100,7 +100,7 @@ class PerBlockTrainStep:
         self.scaler = scaler
         self.seed, self.rank = int(seed), int(rank)
         blocks = list(net.encoder.blocks)
-        self.rates = [blk.hparams["drop_path"] for blk in blocks]
+        self.rates = block_rates(net)
         self.block_weights = [list(blk.get_parameters()) for blk in blocks]
         self.order = [p.name for p in optimizer.parameters]
         block_names = {p.name for ws in self.block_weights for p in ws}
@@ -125,25 +125,18 @@ class PerBlockTrainStep:
             cell.set_train(mode)
         return self
 
-    def keep_masks(self, batch: int, step: int) -> list:
-        """Per block a (2,B,1,1) drop-path mask (0 or 1/keep_prob) for its two residual branches."""
-        rng = np.random.default_rng([self.seed, self.rank, int(step)])
-        masks = []
-        for rate in self.rates:
-            u = rng.random((2, batch, 1, 1))
-            keep = (u >= rate).astype(np.float32) / np.float32(1.0 - rate) if rate > 0 else np.ones_like(u, np.float32)
-            masks.append(ms.Tensor(keep.astype(np.float32)))
-        return masks
+    def keep_masks(self, batch: int, step: int, micro: int = 0) -> list:
+        return keep_masks(self.rates, batch, self.seed, self.rank, step, micro)
 
     def _point_template_at(self, i: int) -> None:
         # set_data shares block i's tensors (no copy); the compiled graphs read them at launch.
         for dst, src in zip(self.template_weights, self.block_weights[i]):
             dst.set_data(src.value())
 
-    def gradients(self, image, label, valid, step: int):
+    def gradients(self, image, label, valid, step: int, micro: int = 0):
         """(loss, scaled gradients in the optimizer's parameter order, scale used)."""
         scale = self.scaler.scale_value * 1.0
-        keeps = self.keep_masks(image.shape[0], step)
+        keeps = self.keep_masks(image.shape[0], step, micro)
         xs = [self.stem(image, valid)]
         for i, keep in enumerate(keeps):
             self._point_template_at(i)
@@ -158,8 +151,6 @@ class PerBlockTrainStep:
         grads.update(zip((p.name for p in self.stem_grad.weights), self.stem_grad(image, valid, g)))
         return scaled_loss / scale, tuple(grads[name] for name in self.order), scale
 
-    def __call__(self, image, label, valid, lr, step: int):
-        loss, grads, scale = self.gradients(image, label, valid, step)
+    def apply(self, grads, lr):
         # mutable: a host tuple of Tensors is otherwise a compile-time constant (recompiled every step).
-        finite, _ = self.apply_grads(ms.mutable(grads), lr)
-        return loss, finite, scale
+        return self.apply_grads(ms.mutable(tuple(grads)), lr)[0]

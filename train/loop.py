@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from base.device import setup_context
+from base.labels import NUM_CLASSES
 from base.progress import Progress
+from mindrecords.manifest import MindRecordError, split_shard_files
 from mindrecords.reader import read_batches
 from mindrecords.train_pipeline import train_dataset
-from settings.schema import Config
+from settings.schema import Config, resolved_step_graph
 from train.checkpoint import BEST, TrainError, read_checkpoint, restore, rotate, save_training_checkpoint, \
     step_checkpoint_name
-from train.distributed import init_distributed
+from base.device import init_distributed
 from train.initial_weights import initial_net
 from train.run_folder import Run
 from train.schedule import lr_at
@@ -43,6 +45,20 @@ class TrainResult:
     net: object = None
 
 
+def check_data(cfg: Config, data_root) -> None:
+    """What would otherwise fail hours into the run: the classes the model predicts against the
+    data's, and the val split periodic validation reads."""
+    if cfg.model.n_cls != NUM_CLASSES:
+        raise TrainError(f"model.n_cls: the model predicts {cfg.model.n_cls} classes, the Cityscapes trainId labels "
+                         f"have {NUM_CLASSES} (labels 0..{NUM_CLASSES - 1}, {cfg.data.ignore_index} ignored)")
+    if cfg.train.eval_every > 0:
+        try:
+            split_shard_files(data_root, cfg.data.val_split)
+        except MindRecordError as err:
+            raise TrainError(f"{err} (train.eval_every={cfg.train.eval_every} validates on data.val_split; "
+                             "build it or set train.eval_every=0)") from None
+
+
 def _build_step(cfg: Config, net, group_size: int, rank: int):
     """(step function, optimizer state to checkpoint, loss scaler) for `net`, precision applied."""
     from mindspore import nn
@@ -51,7 +67,7 @@ def _build_step(cfg: Config, net, group_size: int, rank: int):
     from train.loss_scale import build_loss_scaler
     from train.optim import build_optimizer, optimizer_state
     from train.precision import apply_amp
-    from train.step import build_train_step
+    from train.step import TrainStepFn
 
     t = cfg.train
     net = apply_amp(net, t.amp_level)
@@ -59,7 +75,7 @@ def _build_step(cfg: Config, net, group_size: int, rank: int):
     scaler = build_loss_scaler(t)
     reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=group_size) \
         if group_size > 1 else None
-    step_fn = build_train_step(cfg, net, SegCrossEntropy(cfg.data.ignore_index), optimizer, scaler, reducer, rank)
+    step_fn = TrainStepFn(cfg, net, SegCrossEntropy(cfg.data.ignore_index), optimizer, scaler, reducer, rank)
     return step_fn, optimizer_state(optimizer, net), scaler
 
 
@@ -71,8 +87,14 @@ class _Session:
         self.rank, self.group_size = rank, group_size
         self.resume_from = resume_from
         t = cfg.train
+        check_data(cfg, data_root)
         # Building epoch 0's dataset validates the shards, the split and the batch/rank fit.
-        self.steps_per_epoch = train_dataset(cfg, data_root, rank, group_size, epoch_seed=0).get_dataset_size()
+        batches = train_dataset(cfg, data_root, rank, group_size, epoch_seed=0).get_dataset_size()
+        # An update takes train.accumulate batches; an epoch's last incomplete group is dropped.
+        self.steps_per_epoch = batches // t.accumulate
+        if self.steps_per_epoch == 0:
+            raise TrainError(f"train.accumulate: {batches} batch(es) per epoch and rank cannot make one update of "
+                             f"{t.accumulate} micro-batches")
         self.total = t.iterations if t.iterations > 0 else t.epochs * self.steps_per_epoch
         if self.total <= 0:
             raise TrainError("train.epochs / train.iterations: the run has no steps")
@@ -104,7 +126,7 @@ class _Session:
 
     @property
     def global_batch(self) -> int:
-        return self.cfg.train.batch_size * self.group_size
+        return self.cfg.train.batch_size * self.group_size * self.cfg.train.accumulate
 
     def checkpoint(self, path: Path) -> None:
         if self.run.writer:
@@ -115,9 +137,10 @@ class _Session:
 
     def run_all(self, record_batches: bool) -> TrainResult:
         t = self.cfg.train
-        self.log(f"rank {self.rank}/{self.group_size}: {self.steps_per_epoch} steps/epoch of batch {t.batch_size} "
-                 f"(global batch {self.global_batch}), {self.total} steps, amp {t.amp_level}, {self.cfg.mode} mode, "
-                 f"{t.step_graph.replace('_', '-')} step graph")
+        graph = resolved_step_graph(self.cfg) + (" + recompute" if t.recompute else "")
+        self.log(f"rank {self.rank}/{self.group_size}: {self.steps_per_epoch} steps/epoch of {t.accumulate} x batch "
+                 f"{t.batch_size} (global batch {self.global_batch}), {self.total} steps, amp {t.amp_level}, "
+                 f"{self.cfg.mode} mode, {graph.replace('_', '-')} step graph")
         progress = Progress(self.total - self.step, "train", "step") if self.run.writer else None
         while self.step < self.total:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
@@ -137,24 +160,30 @@ class _Session:
         """Train on epoch `epoch` from batch `skip` on; False if it yielded no batch to train."""
         data = train_dataset(self.cfg, self.data_root, self.rank, self.group_size, epoch_seed=epoch)
         batches = read_batches(data, self.data_root, self.cfg.data.train_split, f"epoch {epoch}")
-        start = self.step
-        for index, (image, label, valid) in enumerate(batches):
-            if index < skip:
+        start, k = self.step, self.cfg.train.accumulate
+        group = []
+        for index, batch in enumerate(batches):
+            if index < skip * k:
                 continue  # consumed before the interruption: same augmentation stream, not trained again
-            if self.step >= self.total:
+            if self.step >= self.total or index >= self.steps_per_epoch * k:
                 break
+            group.append(batch)
+            if len(group) < k:
+                continue
             lr = lr_at(self.step, self.total, self.cfg.train.optimizer.lr, self.cfg.train.schedule)
-            loss, finite, scale, seconds = self._take_step(image, label, valid, lr)
+            loss, finite, scale, seconds = self._take_step(group, lr)
             if record_batches:
-                self.result.batch_digests.append(hashlib.sha1(label.asnumpy().tobytes()).hexdigest())
+                self.result.batch_digests.extend(hashlib.sha1(label.asnumpy().tobytes()).hexdigest()
+                                                 for _, label, _ in group)
+            group = []
             self._record(epoch, loss, finite, scale, lr, seconds, progress)
         return self.step > start
 
-    def _take_step(self, image, label, valid, lr: float):
+    def _take_step(self, group: list, lr: float):
         from train.step import lr_tensor
 
         t0 = time.perf_counter()
-        loss_t, finite_t, scale_t = self.step_fn(image, label, valid, lr_tensor(lr), self.step)
+        loss_t, finite_t, scale_t = self.step_fn(group, lr_tensor(lr), self.step)
         loss, finite, scale = float(loss_t.asnumpy()), bool(finite_t.asnumpy()), float(scale_t.asnumpy())
         seconds = time.perf_counter() - t0
         self.step += 1
@@ -195,8 +224,8 @@ class _Session:
                           "loss_scale": scale, "step_time": self.window_time / n,
                           "samples_per_s": self.global_batch * n / max(self.window_time, 1e-9)})
             self.window, self.window_time = [], 0.0
-        if t.eval_every > 0 and (step % t.eval_every == 0 or last) and self.run.writer:
-            self._validate()
+        # The step's checkpoint comes first: a validation that fails (or is killed) cannot cost it.
+        path = None
         if step % t.checkpoint_every == 0 or last:
             path = self.run.ckpt_dir / step_checkpoint_name(step)
             self.checkpoint(path)
@@ -204,12 +233,16 @@ class _Session:
             if self.run.writer:
                 rotate(self.run.ckpt_dir, t.keep_checkpoints)
                 self.run.draw()
+        if t.eval_every > 0 and (step % t.eval_every == 0 or last):
+            self._validate(path)
 
-    def _validate(self) -> None:
-        miou = validate(self.net, self.cfg, self.data_root, self.step, self.run, self.log)
+    def _validate(self, step_checkpoint: Path | None) -> None:
+        miou = validate(self.net, self.cfg, self.data_root, self.step, self.run, self.log, self.rank, self.group_size)
         if miou is not None and miou > self.best_miou:
             self.best_miou, self.best_step = miou, self.step
             self.checkpoint(self.run.ckpt_dir / BEST)
+            if step_checkpoint is not None:  # written before this score: a resume must know the new best
+                self.checkpoint(step_checkpoint)
         self.run.draw()
 
 

@@ -27,8 +27,8 @@ class SegCrossEntropy(nn.Cell):
 
 
 class NetWithLoss(nn.Cell):
-    """(uint8 batch, label, valid) -> normalize -> net -> logits -> loss; parameter names stay
-    the net's own (no prefix)."""
+    """(uint8 batch, label, valid, drop-path masks) -> normalize -> net -> logits -> loss; parameter
+    names stay the net's own (no prefix)."""
 
     def __init__(self, net: nn.Cell, loss: nn.Cell, normalize: nn.Cell):
         super().__init__(auto_prefix=False)
@@ -36,5 +36,5 @@ class NetWithLoss(nn.Cell):
         self.loss = loss
         self.normalize = normalize
 
-    def construct(self, image, label, valid):
-        return self.loss(self.net(self.normalize(image, valid)), label.astype(ms.int32))
+    def construct(self, image, label, valid, keeps):
+        return self.loss(self.net(self.normalize(image, valid), keeps), label.astype(ms.int32))

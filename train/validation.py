@@ -6,13 +6,18 @@ from settings.schema import Config
 from train.run_folder import Run
 
 
-def validate(net, cfg: Config, data_root, step: int, run: Run, log) -> float | None:
-    """Evaluate on `data.val_split` (at most `data.val_max_images`), log it; returns the mIoU."""
+def validate(net, cfg: Config, data_root, step: int, run: Run, log, rank: int = 0,
+             group_size: int = 1) -> float | None:
+    """Evaluate on `data.val_split` (at most `data.val_max_images`), log it; returns the mIoU.
+
+    Every rank takes part (its share of the images, the counts summed), so none idles in the next
+    all-reduce; every rank gets the same mIoU, rank 0 writes it."""
     metrics = evaluate_split(net, cfg, data_root, cfg.data.val_split, max_images=cfg.data.val_max_images,
-                             show_progress=False)
+                             show_progress=False, rank=rank, group_size=group_size)
     miou = metrics["mIoU"]
     run.log({"type": "val", "step": step, "mIoU": miou, "pixel_accuracy": metrics.get("pixel_accuracy"),
              "per_class": metrics.get("per_class"), "images": metrics.get("images"),
              "seconds": metrics.get("seconds")})
-    log(f"step {step}: val mIoU {100 * miou:.2f} on {metrics.get('images')} images")
+    if run.writer:
+        log(f"step {step}: val mIoU {100 * miou:.2f} on {metrics.get('images')} images")
     return miou
