@@ -9,21 +9,30 @@ import mindspore as ms
 
 
 def setup_context(device_target: str = "CPU", mode: str = "graph", seed: int | None = None) -> None:
-    ms.set_device(device_target)
+    try:
+        ms.set_device(device_target)
+    except RuntimeError:  # a process may set its device once; a second, equal setting is no change
+        if ms.get_context("device_target") != device_target:
+            raise
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if seed is not None:
         ms.set_seed(seed)
+
+
+_GROUP: list = []  # (rank, group_size) once joined: a process joins one group, once
 
 
 def init_distributed() -> tuple[int, int]:
     """(rank, group_size); under msrun (MS_WORKER_NUM set) joins the group for data parallel."""
     if int(os.environ.get("MS_WORKER_NUM", "1")) <= 1:
         return 0, 1
-    from mindspore.communication import get_group_size, get_rank, init
+    if not _GROUP:
+        from mindspore.communication import get_group_size, get_rank, init
 
-    init()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
-    return get_rank(), get_group_size()
+        init()
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+        _GROUP.append((get_rank(), get_group_size()))
+    return _GROUP[0]
 
 
 LIMB_BITS = 16

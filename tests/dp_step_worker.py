@@ -1,6 +1,6 @@
-"""One msrun worker for tests/test_train_dist.py's data-parallel update test: rank r takes one
-optimizer update on sample r alone (gradients all-reduced), for both step graphs, and dumps the
-weights. The test compares them with one process's update on both samples as one batch."""
+"""The data-parallel update check run by tests/train_dist_worker.py: rank r takes one optimizer
+update on sample r alone (gradients all-reduced), for both step graphs, and dumps the weights.
+tests/test_train_dist.py compares them with one process's update on both samples as one batch."""
 from __future__ import annotations
 
 import sys
@@ -55,17 +55,10 @@ def update(graph: str, rows, rank: int = 0, group_size: int = 1) -> dict:
 
 
 def main(dump: str) -> None:
-    import mindspore as ms
+    from base.device import init_distributed, setup_context
 
-    from base.device import init_distributed
-
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE)
+    setup_context("CPU", "graph", 0)
     rank, group_size = init_distributed()
     for graph in ("per_block", "whole"):
         weights = update(graph, [rank], rank, group_size)
         np.savez(Path(dump) / f"{graph}_rank{rank}.npz", **weights)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])

@@ -1,5 +1,6 @@
-"""One msrun worker for tests/test_train_dist.py: trains via train.loop.train, then dumps
-this rank's final weights and the digests of the label batches it trained on."""
+"""One msrun worker for tests/test_train_dist.py: one data-parallel update per step graph on this
+rank's sample (dp_step_worker), then a run via train.loop.train; dumps the weights of both and the
+digests of the label batches the run trained on; then runs `cli.py eval` on the run's checkpoint."""
 from __future__ import annotations
 
 import sys
@@ -8,16 +9,25 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from settings.files import load_config  # noqa: E402
 from train.loop import train  # noqa: E402
 
 
 def main(config: str, data: str, run: str, dump: str) -> None:
+    from dp_step_worker import main as dp_updates
+
+    dp_updates(dump)
     result = train(load_config(config), data, run, record_batches=True)
     arrays = {f"w.{p.name}": p.asnumpy() for p in result.net.get_parameters()}
     np.savez(Path(dump) / f"rank{result.rank}.npz", group_size=result.group_size,
              digests=np.array(result.batch_digests), losses=np.array([l for _, l in result.losses]), **arrays)
+    # `eval` under msrun, through the command itself, of the run's last checkpoint.
+    import cli
+
+    cli.main(["eval", "--checkpoint", str(Path(run) / "checkpoints" / "step_0000003.ckpt"), "--data", data,
+              "--json", str(Path(dump) / "dist_eval.json")], standalone_mode=False)
 
 
 if __name__ == "__main__":
