@@ -6,6 +6,9 @@ sizes, build options). The manifest is written last: a split without it is not (
 """
 from __future__ import annotations
 
+import cv2
+import numpy as np
+
 from base.labels import CLASS_NAMES
 
 # MindRecord arrays may only be int32/int64/float32/float64, so pixels travel as encoded bytes.
@@ -33,14 +36,11 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}.mindrecord{index:03d}"
 
 
-def decode_label(data) -> "np.ndarray":
+def decode_label(data) -> np.ndarray:
     """A stored label PNG -> (H, W) uint8 trainIds; ValueError if it is not single-channel 8-bit.
 
     Not vision.Decode: it expands a grayscale PNG to 3 channels and costs twice as much.
     """
-    import cv2
-    import numpy as np
-
     label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if label is None or label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError("label is not a single-channel 8-bit PNG")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 ms = pytest.importorskip("mindspore")
-from mindspore import Tensor, nn, ops  # noqa: E402
+from mindspore import Tensor, ops  # noqa: E402
 
 from settings.files import apply_overrides  # noqa: E402
 

@@ -3,12 +3,10 @@ peak RSS under 1 GB while rejecting (measured in a child process that imports on
 from __future__ import annotations
 
 import json
-import pickle
 import struct
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np

@@ -92,7 +92,7 @@ def _stem_param(name: str) -> bool:
 
 
 class PerBlockTrainStep:
-    """`gradients` of one micro-batch and `apply` of their mean, as `train.step.TrainStepFn` uses them."""
+    """`gradients` of one micro-batch; `apply_grads` updates from their mean (`train.step.TrainStepFn`)."""
 
     def __init__(self, net, loss: nn.Cell, normalize: nn.Cell, optimizer: nn.Optimizer, scaler, clip_norm: float,
                  grad_reducer: nn.Cell | None = None, seed: int = 0, rank: int = 0, amp_level: str = "O0"):
@@ -150,7 +150,3 @@ class PerBlockTrainStep:
             grads.update(zip((p.name for p in self.block_weights[i]), block_g))
         grads.update(zip((p.name for p in self.stem_grad.weights), self.stem_grad(image, valid, g)))
         return scaled_loss / scale, tuple(grads[name] for name in self.order), scale
-
-    def apply(self, grads, lr):
-        # mutable: a host tuple of Tensors is otherwise a compile-time constant (recompiled every step).
-        return self.apply_grads(ms.mutable(tuple(grads)), lr)[0]

@@ -12,6 +12,7 @@ import mindspore as ms
 
 def keep_masks(rates, batch: int, seed: int, rank: int, step: int, micro: int = 0) -> list:
     """Per block a (2,B,1,1) float32 mask (0 or 1/keep_prob) for its attention and MLP branches."""
+    # Micro-batch 0 keeps the (seed, rank, step) key masks had before accumulation existed.
     key = [int(seed), int(rank), int(step)] + ([int(micro)] if micro else [])
     rng = np.random.default_rng(key)
     masks = []

@@ -1,9 +1,10 @@
 """`train`: the training loop — data per epoch, the step, logging, validation, checkpoints.
 
-Data order: epoch e reads `train_dataset(..., epoch_seed=e)`; a run resumed at step s
-rebuilds epoch s // steps_per_epoch and skips its first s % steps_per_epoch batches, so it
-sees the same batches, with the same augmentation, as an uninterrupted run. The learning rate
-is `lr_at(step)`; a skipped (overflowing) step still consumes its batch and its lr position.
+Data order: epoch e reads `train_dataset(..., epoch_seed=e)`; a step (one update) takes
+`train.accumulate` batches. A run resumed at step s rebuilds epoch s // steps_per_epoch and skips
+the batches of its first s % steps_per_epoch steps, so it sees the same batches, with the same
+augmentation, as an uninterrupted run. The learning rate is `lr_at(step)`; a skipped
+(overflowing) step still consumes its batches and its lr position.
 RUN's layout and the checks before a run starts are in `train.run_folder`.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from base.device import setup_context
+from base.device import init_distributed, setup_context
 from base.labels import NUM_CLASSES
 from base.progress import Progress
 from mindrecords.manifest import MindRecordError, split_shard_files
@@ -25,7 +26,6 @@ from mindrecords.train_pipeline import train_dataset
 from settings.schema import Config, resolved_step_graph
 from train.checkpoint import BEST, TrainError, read_checkpoint, restore, rotate, save_training_checkpoint, \
     step_checkpoint_name
-from base.device import init_distributed
 from train.initial_weights import initial_net
 from train.run_folder import Run
 from train.schedule import lr_at
