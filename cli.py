@@ -147,6 +147,34 @@ def _load_net(cfg, checkpoint, mode: str | None = None):
     return load_model(checkpoint, cfg)
 
 
+ONNX_TOLERANCE = 1e-4  # on softmax probabilities, as the official-parity tests
+
+_RUNTIME_OPTION = click.option(
+    "--runtime", type=click.Choice(["mindspore", "onnxruntime"]), default="mindspore", show_default=True,
+    help="Run the windows in MindSpore, or in ONNX Runtime (the optional onnx extra) from the same weights.")
+
+
+def _check_runtime(runtime: str) -> None:
+    """Refuse --runtime onnxruntime before any work when its optional packages are missing."""
+    if runtime == "onnxruntime":
+        from model.onnx_runtime import OnnxMissing, require_onnx
+
+        try:
+            require_onnx("--runtime onnxruntime")
+        except OnnxMissing as err:
+            raise UserError(str(err)) from None
+
+
+def _window_runner(cfg, checkpoint, runtime: str):
+    """What runs the windows: the MindSpore network, or an ONNX Runtime session of it at the window size."""
+    net = _load_net(cfg, checkpoint)
+    if runtime == "mindspore":
+        return net
+    from model.onnx_runtime import onnx_runner
+
+    return onnx_runner(net, cfg.eval.window_size)
+
+
 def _parse_splits(ctx, param, value):
     splits = [s.strip() for s in value.split(",") if s.strip()]
     if not splits or len(set(splits)) != len(splits):
@@ -218,8 +246,9 @@ def verify_cmd(out, splits):
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="Evaluate the first N images (0 = all).")
 @click.option("--save-predictions", type=click.Path(), help="Write labelIds/ and color/ PNGs into this folder.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
+@_RUNTIME_OPTION
 def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, scales, batch_windows,
-             max_images, save_predictions, json_path):
+             max_images, save_predictions, json_path, runtime):
     """Sliding-window evaluation of CKPT on a built split: official Cityscapes mIoU."""
     from pathlib import Path
 
@@ -233,6 +262,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
 
     if split in NO_GROUND_TRUTH_SPLITS and not save_predictions:
         raise UserError(f"--split {split} has no ground truth to score: pass --save-predictions DIR to export")
+    _check_runtime(runtime)
     if json_path:
         if not Path(json_path).parent.is_dir():
             raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
@@ -242,7 +272,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
         if save_predictions:
             check_prediction_dir(save_predictions)
         split_shard_files(data, split)  # fail on a missing split before loading the model
-        net = _load_net(cfg, checkpoint)
+        net = _window_runner(cfg, checkpoint, runtime)
         rank, group_size = init_distributed()  # under msrun: each rank evaluates its share
         result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
                                 checkpoint=str(checkpoint), show_progress=rank == 0, rank=rank,
@@ -389,40 +419,143 @@ def convert_weights_cmd(src, out, config):
                f"{m.n_cls} classes")
 
 
+def _opacity(ctx, param, value):
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"{value}: an opacity in 0..1")
+    return value
+
+
 @main.command("predict")
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @_window_options
 @click.option("--save-probs", is_flag=True, help="Also write {stem}_probs.npy (float32 classes x H x W softmax).")
-def predict_cmd(images, checkpoint, config, out, window, stride, infer_size, flip, scales, batch_windows, save_probs):
-    """Sliding-window prediction: OUT/{stem}.png (trainIds) and OUT/{stem}_color.png per IMAGE."""
-    from evaluate.predict import PredictError, check_images, check_output, predict_images
+@click.option("--overlay", "alpha", type=float, callback=_opacity, metavar="ALPHA",
+              help="Also write {stem}_overlay.png: the palette over the image at opacity ALPHA (0..1); "
+                   "for videos the overlay opacity (default 0.5).")
+@click.option("--frames", is_flag=True, help="Videos: also write {stem}_frames/frame_NNNNNN.png (trainIds).")
+@_RUNTIME_OPTION
+def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, flip, scales, batch_windows, save_probs,
+                alpha, frames, runtime):
+    """Sliding-window prediction of INPUTS: image files, folders (recursive), globs, videos.
+
+    Per image OUT/{stem}.png (trainIds), OUT/{stem}_color.png [, _overlay.png, _probs.npy]; per
+    video OUT/{stem}.mp4 (.avi for .avi) of overlays at its frame rate [, {stem}_frames/]."""
+    from evaluate.predict import check_output, predict_inputs
+    from evaluate.predict_inputs import PredictError, check_outputs, resolve_inputs
     from model.checkpoint import CheckpointError
     from settings.schema import ConfigError
 
     try:
         cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
-        check_images(images, out)
+        found = resolve_inputs(inputs)
+        for path, reason in found.skipped:
+            click.echo(f"skipped: {path}: {reason}", err=True)
+        check_outputs(found, out, save_probs, alpha is not None, frames)
         check_output(cfg, out)
-        net = _load_net(cfg, checkpoint)
-        result = predict_images(net, cfg, images, out, save_probs=save_probs)
+        _check_runtime(runtime)
+        net = _window_runner(cfg, checkpoint, runtime)
+        result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames)
     except (ConfigError, CheckpointError, PredictError) as err:
         raise UserError(str(err)) from None
     e = cfg.eval
-    click.echo(f"{result['images']} images in {result['seconds']:.1f}s "
-               f"({result['images'] / max(result['seconds'], 1e-9):.2f} img/s); window {e.window_size}, "
-               f"stride {e.window_stride}, flip {e.flip}, scales {e.scales} -> {out}")
+    done = result["images"] + result["frames"]
+    what = f"{result['images']} images" + (f" + {result['frames']} video frames ({found.videos} videos)"
+                                           if found.videos else "")
+    skipped = f", {len(found.skipped)} unreadable skipped" if found.skipped else ""
+    click.echo(f"{what} in {result['seconds']:.1f}s ({done / max(result['seconds'], 1e-9):.2f} images/s){skipped}; "
+               f"window {e.window_size}, stride {e.window_stride}, flip {e.flip}, scales {e.scales}, "
+               f"runtime {runtime} -> {out}")
+
+
+def _parse_size(option: str, value: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"{option} {value!r}: expected HxW with positive integers, e.g. 768x768") from None
+    return h, w
+
+
+@main.command("info")
+@click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (the model described by model.*).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Or a checkpoint (its config beside it).")
+@click.option("--size", default=None, help="Forward input HxW [model.image_size].")
+@click.option("--image-size", default="1024x2048", show_default=True,
+              help="Image HxW for the sliding-window cost (a Cityscapes frame).")
+@click.option("--measure", is_flag=True, help="Also run one forward at --size and report its time and peak memory.")
+def info_cmd(config, checkpoint, size, image_size, measure):
+    """Parameters per part, FLOPs of one forward, the sliding window's windows and FLOPs per image."""
+    from pathlib import Path
+
+    from base.network_input import inference_size
+    from evaluate.sliding_window import count_windows
+    from model.info import forward_flops, measure_forward, parameter_counts
+    from model.memory import forward_attention_bytes
+    from model.segmenter import build_segmenter
+    from settings.files import load_config, resolve_config
+    from settings.schema import ConfigError
+    from model.checkpoint import CheckpointError
+
+    if (config is None) == (checkpoint is None):
+        raise UserError("give --config CFG or --checkpoint CKPT (one of them)")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    try:
+        cfg = load_config(config) if config else resolve_config(checkpoint, None)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    m, e = cfg.model, cfg.eval
+    h, w = _parse_size("--size", size) if size else tuple(m.image_size)
+    ih, iw = _parse_size("--image-size", image_size)
+    if measure:
+        _check_forward_fits(cfg, h, w, 1, f"--size {h}x{w}")
+    try:
+        if checkpoint:
+            net = _load_net(cfg, checkpoint, mode="graph")
+        else:
+            from base.device import setup_context
+
+            setup_context(cfg.device_target, "graph", cfg.seed)
+            net = build_segmenter(m)
+            net.set_train(False)
+    except CheckpointError as err:
+        raise UserError(str(err)) from None
+    params = parameter_counts(net)
+    flops = forward_flops(m, h, w)
+    click.echo(f"model: {m.backbone}, d_model {m.d_model}, {m.n_heads} heads, {m.n_layers} layers, patch "
+               f"{m.patch_size}; decoder {m.decoder.name} ({m.decoder.n_layers} layers); {m.n_cls} classes")
+    click.echo(f"parameters: {params['total']:,} = encoder {params['encoder']:,} (patch embedding "
+               f"{params['encoder.patch_embed']:,}, class + position tokens {params['encoder.tokens']:,}, blocks "
+               f"{params['encoder.blocks']:,}, final norm {params['encoder.norm']:,}) + decoder {params['decoder']:,}")
+    click.echo(f"forward 1x3x{h}x{w}: {flops['total'] / 1e9:.3f} GFLOPs (encoder {flops['encoder'] / 1e9:.3f}, "
+               f"decoder {flops['decoder'] / 1e9:.3f}; 2 per multiply-add of the matrix products, element-wise ops "
+               f"not counted); attention maps {forward_attention_bytes(m, h, w) / 2**20:.1f} MiB per block")
+    rh, rw = inference_size(ih, iw, e.infer_size)
+    windows = count_windows(rh, rw, e.window_size, e.window_stride, e.flip, tuple(e.scales))
+    window_flops = forward_flops(m, e.window_size, e.window_size)["total"]
+    click.echo(f"sliding window on a {ih}x{iw} image (inference size {rh}x{rw}, window {e.window_size}, stride "
+               f"{e.window_stride}, flip {e.flip}, scales {e.scales}): {windows} windows, "
+               f"{windows * window_flops / 1e9:.1f} GFLOPs per image")
+    if measure:
+        got = measure_forward(net, h, w)
+        click.echo(f"measured on this machine ({cfg.device_target}): forward {got['seconds']:.3f} s, peak memory "
+                   f"{got['peak_after'] / 2**30:.2f} GiB ({(got['peak_after'] - got['peak_before']) / 2**30:.2f} GiB "
+                   "above the peak before the forward: graph, activations)")
 
 
 @main.command("export")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file, ending in .mindir.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file, ending in .mindir or .onnx.")
 @click.option("--size", required=True, help="Fixed input size HxW, e.g. 768x768.")
-def export_cmd(checkpoint, config, out, size):
-    """Export CKPT as MindIR for deployment: input (1,3,H,W) normalized float32, output logits."""
+@click.option("--format", "fmt", type=click.Choice(["mindir", "onnx"]), default="mindir", show_default=True,
+              help="MindIR (batch 1), or ONNX opset 17 (any batch; needs the onnx extra), checked against MindSpore.")
+def export_cmd(checkpoint, config, out, size, fmt):
+    """Export CKPT for deployment: input (N,3,H,W) normalized float32, output logits (N,n_cls,H,W)."""
     from pathlib import Path
 
     from settings.files import resolve_config
@@ -430,14 +563,11 @@ def export_cmd(checkpoint, config, out, size):
     from settings.schema import ConfigError
     from model.checkpoint import CheckpointError
 
-    try:
-        h, w = (int(v) for v in size.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise UserError(f"--size {size!r}: expected HxW with positive integers, e.g. 768x768") from None
-    if Path(out).suffix != ".mindir":
-        raise UserError(f"--out {out}: the file name must end in .mindir")
+    h, w = _parse_size("--size", size)
+    if Path(out).suffix != f".{fmt}":
+        raise UserError(f"--out {out}: the file name must end in .{fmt} for --format {fmt}")
+    if fmt == "onnx":
+        _check_runtime("onnxruntime")
     if not Path(checkpoint).is_file():
         raise UserError(f"{checkpoint}: checkpoint not found")
     try:
@@ -446,14 +576,30 @@ def export_cmd(checkpoint, config, out, size):
         raise UserError(str(err)) from None
     _check_forward_fits(cfg, h, w, 1, f"--size {size}")
 
-    from model.checkpoint import export_mindir
-
     try:
         net = _load_net(cfg, checkpoint, mode="graph")
     except CheckpointError as err:
         raise UserError(str(err)) from None
-    export_mindir(net, out, h, w)
-    click.echo(f"{checkpoint} -> {out}: input (1,3,{h},{w}) float32 normalized, output (1,{cfg.model.n_cls},{h},{w})")
+    n_cls = cfg.model.n_cls
+    if fmt == "mindir":
+        from model.checkpoint import export_mindir
+
+        export_mindir(net, out, h, w)
+        click.echo(f"{checkpoint} -> {out}: input (1,3,{h},{w}) float32 normalized, output (1,{n_cls},{h},{w})")
+        return
+    from base.atomic import write_bytes_atomic
+    from model.onnx_export import segmenter_onnx
+    from model.onnx_runtime import OnnxRunner, max_probability_difference
+
+    data = segmenter_onnx(net, h, w).SerializeToString()
+    diff = max_probability_difference(net, OnnxRunner(data), h, w)
+    if not diff <= ONNX_TOLERANCE:
+        raise UserError(f"{out}: not written: ONNX Runtime's probabilities differ from MindSpore's by {diff:.2e} "
+                        f"(tolerance {ONNX_TOLERANCE:g})")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out, data)
+    click.echo(f"{checkpoint} -> {out}: ONNX opset 17, input (N,3,{h},{w}) float32 normalized, output "
+               f"(N,{n_cls},{h},{w}); ONNX Runtime vs MindSpore: max probability difference {diff:.1e}")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,23 @@ import numpy as np
 import mindspore as ms
 
 
-def setup_context(device_target: str = "CPU", mode: str = "graph", seed: int | None = None) -> None:
+_THREADS: list = []  # the CPU kernel thread count once set: MindSpore takes it once per process
+
+
+def setup_context(device_target: str = "CPU", mode: str = "graph", seed: int | None = None,
+                  threads: int | None = None) -> None:
+    """Device, execution mode, seed; on CPU, `threads` kernel threads if given (once per process)."""
     try:
         ms.set_device(device_target)
     except RuntimeError:  # a process may set its device once; a second, equal setting is no change
         if ms.get_context("device_target") != device_target:
             raise
+    if device_target == "CPU" and threads and not _THREADS:
+        # Left at MindSpore's default (25 kernel threads) unless asked: on 2 cores, one thread
+        # per core measured no faster (train step 9.98 s against 9.11 s, forward 0.82 s against
+        # 0.84-0.90 s, seg_tiny at 768; docs/mindspore_notes.md).
+        _THREADS.append(threads)
+        ms.device_context.cpu.op_tuning.threads_num(threads)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if seed is not None:
         ms.set_seed(seed)

@@ -76,7 +76,7 @@ def run_variant(args) -> dict:
     cfg = apply_overrides(Config(), [f"data.crop_size={args.crop}", f"train.batch_size={args.batch}",
                                      f"train.step_graph={step_graph}",
                                      f"train.recompute={str(args.variant == 'recompute').lower()}"] + list(args.set))
-    setup_context("CPU", "pynative" if args.variant == "pynative" else "graph", 0)
+    setup_context("CPU", "pynative" if args.variant == "pynative" else "graph", 0, threads=args.threads)
     net = build_segmenter(cfg.model)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(args.batch, args.crop, args.crop, 3)).astype(np.uint8)
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--max-rss-gib", type=float, default=12.0)
     parser.add_argument("--variants", default="per_block,whole,pynative,plain")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--threads", type=int, default=None, help="CPU kernel threads (default: MindSpore's)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
@@ -141,6 +142,8 @@ def main() -> None:
                "--steps", str(args.steps), "--max-rss-gib", str(args.max_rss_gib)]
         for item in args.set:
             cmd += ["--set", item]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         row = json.loads(lines[-1]) if lines else {"error": proc.stderr.strip().splitlines()[-1:]}

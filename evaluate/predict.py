@@ -1,4 +1,5 @@
-"""`predict`: official sliding-window prediction for image files -> trainId / color PNGs (+ probabilities).
+"""`predict`: official sliding-window prediction for images and videos -> trainId / colour PNGs
+(+ overlays, probabilities), and colour-overlay videos (+ per-frame trainId PNGs).
 
 Memory is bounded for large images: the input is normalized and resized to the inference size
 band by band from the uint8 pixels, the class maps are made in bands of rows
@@ -10,62 +11,32 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from base.network_input import inference_size, network_input
+from base.overlay import overlay
+from evaluate.predict_inputs import Inputs, Item, PredictError, output_paths
 from evaluate.sliding_window import count_windows, sliding_window_predict
 from base.atomic import atomic_path, check_can_create_dir, write_png_atomic
 from base.labels import NUM_CLASSES, colorize
 from base.progress import Progress
 
 WINDOW_PROGRESS = 16  # an image with more windows than this shows a bar of its own
-
-
-class PredictError(ValueError):
-    """A bad input image or output location; the message names the file."""
-
-
-def _open_image(path: Path):
-    if not path.is_file():
-        raise PredictError(f"{path}: image not found")
-    try:
-        return Image.open(path)
-    except Image.DecompressionBombError as err:
-        raise PredictError(f"{path}: {err} (PIL's guard against decompression bombs)") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise PredictError(f"{path}: not a readable image ({err})") from None
+VIDEO_OVERLAY = 0.5  # a video's frames are always overlays: this opacity unless --overlay says
 
 
 def read_rgb(path) -> np.ndarray:
     """HxWx3 uint8 RGB; a clear error naming the file if it is not a readable image."""
     path = Path(path)
-    with _open_image(path) as im:
-        try:
+    try:
+        with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as err:
-            raise PredictError(f"{path}: not a readable image ({err})") from None
-
-
-def check_images(paths, out_dir=None) -> None:
-    """Fail before any work on a missing/unreadable image, two inputs with the same stem, or an
-    output that would overwrite an input."""
-    seen = {}
-    inputs = {Path(p).resolve() for p in paths}
-    for p in map(Path, paths):
-        with _open_image(p) as im:
-            try:
-                im.verify()
-            except (OSError, ValueError, SyntaxError) as err:
-                raise PredictError(f"{p}: not a readable image ({err})") from None
-        if p.stem in seen:
-            raise PredictError(f"{p}: same output name {p.stem!r} as {seen[p.stem]}")
-        seen[p.stem] = p
-        if out_dir is not None:
-            for out in output_paths(out_dir, p.stem, save_probs=True):
-                if out.resolve() in inputs:
-                    raise PredictError(f"{out}: is an input image; predict never overwrites an input "
-                                       "(choose another --out)")
+    except Image.DecompressionBombError as err:
+        raise PredictError(f"{path}: {err} (PIL's guard against decompression bombs)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise PredictError(f"{path}: not a readable image ({err})") from None
 
 
 def check_output(cfg, out_dir) -> None:
@@ -77,11 +48,6 @@ def check_output(cfg, out_dir) -> None:
         check_can_create_dir(out_dir)
     except OSError as err:
         raise PredictError(f"{err.filename}: cannot write predictions here ({err.strerror})") from None
-
-
-def output_paths(out_dir, stem: str, save_probs: bool) -> list[Path]:
-    out = Path(out_dir)
-    return [out / f"{stem}.png", out / f"{stem}_color.png"] + ([out / f"{stem}_probs.npy"] if save_probs else [])
 
 
 class _ProbsFile:
@@ -100,49 +66,113 @@ class _ProbsFile:
             self.fh.write(np.ascontiguousarray(band[c], "<f4").tobytes())
 
 
-def predict_image(net, cfg, path: Path, out_dir: Path, save_probs: bool) -> int:
-    """Write one image's outputs; returns its pixel count."""
+def predict_rgb(net, cfg, rgb: np.ndarray, label: str, on_band=None) -> np.ndarray:
+    """(H, W) uint8 trainIds of one RGB image or frame; a bar of its windows if it has many."""
     e = cfg.eval
-    rgb = read_rgb(path)
     h, w = rgb.shape[:2]
     size = inference_size(h, w, e.infer_size)
     image = network_input(rgb, cfg.model.mean, cfg.model.std, e.infer_size)
     windows = count_windows(*size, e.window_size, e.window_stride, e.flip, tuple(e.scales))
-    bar = Progress(windows, f"predict {path.name}", "win") if windows > WINDOW_PROGRESS else None
-    label_png, color_png, *probs_npy = output_paths(out_dir, path.stem, save_probs)
-    args = (net, image, cfg.model.n_cls, e.window_size, e.window_stride, e.batch_windows, e.flip, tuple(e.scales),
-            (h, w), bar.update if bar else None)
+    bar = Progress(windows, f"predict {label}", "win") if windows > WINDOW_PROGRESS else None
     try:
-        if probs_npy:
-            with atomic_path(probs_npy[0]) as tmp, open(tmp, "wb") as fh:
-                train_ids = sliding_window_predict(*args, on_band=_ProbsFile(fh, cfg.model.n_cls, h, w).write)
-        else:
-            train_ids = sliding_window_predict(*args)
+        return sliding_window_predict(net, image, cfg.model.n_cls, e.window_size, e.window_stride, e.batch_windows,
+                                      e.flip, tuple(e.scales), (h, w), bar.update if bar else None, on_band)
     finally:
         if bar:
             bar.close()
-    del image
+
+
+def predict_image(net, cfg, path: Path, out_dir: Path, save_probs: bool, alpha: float | None = None,
+                  item: Item | None = None) -> int:
+    """Write one image's outputs; returns its pixel count. `alpha`: also an overlay at that opacity."""
+    item = item or Item(Path(path), Path(path).stem, "image")
+    rgb = read_rgb(item.path)
+    h, w = rgb.shape[:2]
+    label_png, color_png, *extra = output_paths(out_dir, item, save_probs, alpha is not None, False)
+    label_png.parent.mkdir(parents=True, exist_ok=True)
+    if save_probs:
+        with atomic_path(extra[-1]) as tmp, open(tmp, "wb") as fh:
+            train_ids = predict_rgb(net, cfg, rgb, item.path.name, _ProbsFile(fh, cfg.model.n_cls, h, w).write)
+    else:
+        train_ids = predict_rgb(net, cfg, rgb, item.path.name)
     write_png_atomic(label_png, train_ids)
     write_png_atomic(color_png, colorize(train_ids))
+    if alpha is not None:
+        write_png_atomic(extra[0], overlay(rgb, train_ids, alpha=alpha))
     return train_ids.size
 
 
-def predict_images(net, cfg, paths, out_dir, save_probs: bool = False) -> dict:
-    """Write DIR/{stem}.png (trainIds), DIR/{stem}_color.png and optionally DIR/{stem}_probs.npy per image."""
-    check_images(paths, out_dir)
+def predict_video(net, cfg, item: Item, out_dir, alpha: float, frames: bool, progress: Progress) -> int:
+    """`{stem}.mp4` (`.avi` for an .avi) of colour overlays at the source frame rate; with `frames`,
+    `{stem}_frames/frame_NNNNNN.png` trainIds too. Written to a temporary name, renamed at the end.
+    Returns the number of frames."""
+    video, *frame_dir = output_paths(out_dir, item, False, True, frames)
+    video.parent.mkdir(parents=True, exist_ok=True)
+    cap = cv2.VideoCapture(str(item.path))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0  # some containers carry no rate: a common default
+    codec = "MJPG" if video.suffix == ".avi" else "mp4v"
+    n = 0
+    try:
+        with atomic_path(video) as tmp:
+            writer = None
+            try:
+                while True:
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+                    train_ids = predict_rgb(net, cfg, rgb, f"{item.path.name} frame {n}")
+                    if writer is None:
+                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps,
+                                                 (rgb.shape[1], rgb.shape[0]))
+                        if not writer.isOpened():
+                            raise OSError(5, f"OpenCV cannot write a {codec} video", str(video))
+                    writer.write(np.ascontiguousarray(overlay(rgb, train_ids, alpha=alpha)[:, :, ::-1]))
+                    if frame_dir:
+                        frame_dir[0].mkdir(exist_ok=True)
+                        write_png_atomic(frame_dir[0] / f"frame_{n:06d}.png", train_ids)
+                    n += 1
+                    progress.update(1, postfix=f"{item.path.name} frame {n}")
+            finally:
+                if writer is not None:
+                    writer.release()
+    finally:
+        cap.release()
+    return n
+
+
+def predict_inputs(net, cfg, inputs: Inputs, out_dir, save_probs: bool = False, alpha: float | None = None,
+                   frames: bool = False) -> dict:
+    """Predict every resolved input (evaluate/predict_inputs.py); one progress bar over images and
+    video frames."""
     check_output(cfg, out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(paths), "predict", "img")
+    total = inputs.images + sum(_frame_count(i.path) for i in inputs.items if i.kind == "video")
+    progress = Progress(total, "predict", "img")
     start = time.time()
-    pixels = 0
+    counts = {"images": 0, "frames": 0, "pixels": 0}
     try:
-        for p in map(Path, paths):
-            pixels += predict_image(net, cfg, p, out_dir, save_probs)
-            progress.update(1, postfix=p.name)
+        for item in inputs.items:
+            if item.kind == "video":
+                counts["frames"] += predict_video(net, cfg, item, out_dir, VIDEO_OVERLAY if alpha is None else alpha,
+                                                  frames, progress)
+            else:
+                counts["pixels"] += predict_image(net, cfg, item.path, out_dir, save_probs, alpha, item)
+                counts["images"] += 1
+                progress.update(1, postfix=item.path.name)
     except OSError as err:  # a full disk while writing: name the file, keep what was written
         raise PredictError(f"{err.filename or out_dir}: cannot write ({err.strerror or err})") from None
     finally:
         progress.close()
-    seconds = time.time() - start
-    return {"images": len(paths), "seconds": seconds, "pixels": pixels}
+    counts["seconds"] = time.time() - start
+    return counts
+
+
+def _frame_count(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+    finally:
+        cap.release()
+

@@ -58,8 +58,29 @@ def count_windows(h: int, w: int, window: int, stride: int, flip: bool = False, 
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=0, keepdims=True))
-    return e / e.sum(axis=0, keepdims=True)
+    """Softmax over axis 0, computed in place in `x` (a fresh array here): no temporaries of
+    x's size, which is most of the host time on a 19 x 1024 x 2048 band."""
+    x -= x.max(axis=0, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=0, keepdims=True)
+    return x
+
+
+def _coverage(size: int, window: int, anchors) -> np.ndarray:
+    """How many windows cover each index along one axis."""
+    cover = np.zeros(size, np.float32)
+    for a in anchors:
+        cover[a:a + window] += 1
+    return cover
+
+
+def run_windows(net, crops: np.ndarray) -> np.ndarray:
+    """Logits (B, n_cls, win, win) of a batch of window crops: `net` is a MindSpore Cell, or any
+    callable from a float32 NumPy batch to NumPy logits (the ONNX Runtime session,
+    model/onnx_runtime.py)."""
+    if isinstance(net, ms.nn.Cell):
+        return net(ms.Tensor(crops)).asnumpy()
+    return net(crops)
 
 
 def window_logits(net, image: np.ndarray, n_cls: int, window: int, stride: int, batch_windows: int,
@@ -68,23 +89,24 @@ def window_logits(net, image: np.ndarray, n_cls: int, window: int, stride: int, 
 
     `on_windows(n)` is called after each batch of n windows (progress)."""
     _, h, w = image.shape
-    anchors = [(a, b) for a in window_anchors(h, window, stride) for b in window_anchors(w, window, stride)]
+    rows, cols = window_anchors(h, window, stride), window_anchors(w, window, stride)
+    anchors = [(a, b) for a in rows for b in cols]
     logit = np.zeros((n_cls, h, w), np.float32)
-    count = np.zeros((1, h, w), np.float32)
     for i in range(0, len(anchors), batch_windows):
         chunk = anchors[i:i + batch_windows]
         crops = np.stack([image[:, a:a + window, b:b + window] for a, b in chunk])
-        out = net(ms.Tensor(np.ascontiguousarray(crops, dtype=np.float32))).asnumpy()
+        out = run_windows(net, np.ascontiguousarray(crops, dtype=np.float32))
         del crops
         if out.shape[1] != n_cls:
             raise ValueError(f"the network returns {out.shape[1]} classes, expected {n_cls}")
         for seg, (a, b) in zip(out, chunk):
             logit[:, a:a + window, b:b + window] += seg
-            count[:, a:a + window, b:b + window] += 1
         del out
         if on_windows is not None:
             on_windows(len(chunk))
-    logit /= count
+    # The window grid is a product of row and column anchors, so the per-pixel window count is
+    # the outer product of the per-axis counts (small integers: exact in float32).
+    logit /= np.outer(_coverage(h, window, rows), _coverage(w, window, cols))[None]
     return logit
 
 
@@ -107,7 +129,8 @@ def _band(canvas: np.ndarray, flipped: bool, out_h: int, out_w: int, r0: int, r1
                             row_offset=s0)
     if flipped:
         logit = logit[:, :, ::-1]
-    return _softmax(logit)
+    # An identity resize returns a view of the canvas; the in-place softmax needs its own array.
+    return _softmax(np.array(logit) if np.shares_memory(logit, canvas) else logit)
 
 
 def output_bands(n_cls: int, out_h: int, out_w: int) -> list[tuple[int, int]]:
@@ -148,10 +171,13 @@ def probability_bands(net, image: np.ndarray, n_cls: int, window: int, stride: i
         return
     canvases = [(_canvas(*args, scale, flipped, on_windows), flipped) for scale, flipped in runs]
     for r0, r1 in bands:
-        band = np.zeros((n_cls, r1 - r0, out_w), np.float32)
-        for canvas, flipped in canvases:
+        # Summed in place into the first run's band (0 + p is p exactly: same result as a zero start).
+        band = _band(canvases[0][0], canvases[0][1], out_h, out_w, r0, r1)
+        for canvas, flipped in canvases[1:]:
             band += _band(canvas, flipped, out_h, out_w, r0, r1)
-        yield r0, r1, band / len(runs)
+        if len(runs) > 1:
+            band /= len(runs)
+        yield r0, r1, band
 
 
 def argmax_classes(probs: np.ndarray) -> np.ndarray:

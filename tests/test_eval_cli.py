@@ -133,6 +133,22 @@ def test_eval_and_predict_give_identical_maps(built, tmp_path):
     np.testing.assert_array_equal(from_eval, from_predict)
 
 
+def test_eval_through_onnxruntime_matches_mindspore(built, tmp_path):
+    """--runtime onnxruntime: the same windows through ONNX Runtime, the same scores and maps."""
+    scores, maps = {}, {}
+    for runtime in ("mindspore", "onnxruntime"):
+        out_json, preds = tmp_path / f"{runtime}.json", tmp_path / runtime
+        r = run("eval", "--checkpoint", built["ckpt"], "--data", built["out"], "--max-images", 2, "--json", out_json,
+                "--save-predictions", preds, "--runtime", runtime)
+        assert r.exit_code == 0, r.output + r.stderr
+        scores[runtime] = json.loads(out_json.read_text())
+        maps[runtime] = np.stack([cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+                                  for p in sorted((preds / "labelIds").glob("*/*.png"))])
+    assert scores["onnxruntime"]["images"] == 2
+    assert scores["onnxruntime"]["mIoU"] == pytest.approx(scores["mindspore"]["mIoU"], abs=1e-3)
+    assert (maps["onnxruntime"] == maps["mindspore"]).mean() > 0.999
+
+
 def test_checkpoint_from_convert_weights(built, tmp_path):
     """An official-layout release (the golden fixture: 19 classes) imported by convert-weights."""
     release = Path(__file__).parent / "fixtures" / "golden" / "seg_golden_mask"
@@ -222,6 +238,7 @@ def test_damaged_shard_mid_way_leaves_nothing_half_written(built, tmp_path):
 def test_interrupted_run_keeps_the_previous_complete_set(built, tmp_path):
     from settings.files import resolve_config
     from evaluate.evaluator import evaluate_split
+    from evaluate.sliding_window import run_windows
     from model.checkpoint import load_model
 
     cfg = resolve_config(built["ckpt"], None)
@@ -245,7 +262,7 @@ def test_interrupted_run_keeps_the_previous_complete_set(built, tmp_path):
             self.calls += 1
             if self.calls > 4:  # 3 window batches per image
                 raise KeyboardInterrupt
-            return net(x)
+            return run_windows(net, x)  # a NumPy runner wrapping the MindSpore network
 
     with pytest.raises(KeyboardInterrupt):
         evaluate_split(Interrupting(), cfg, built["out"], "val", save_predictions=preds, show_progress=False)

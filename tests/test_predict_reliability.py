@@ -116,7 +116,7 @@ def test_never_overwrites_an_input(ckpt, tmp_path, monkeypatch):
     image.write_bytes(IMAGE.read_bytes())
     monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
     r = run("predict", image, "--checkpoint", ckpt, "--out", folder)
-    assert r.exit_code == 2 and f"{image}: is an input image; predict never overwrites an input" in r.stderr
+    assert r.exit_code == 2 and f"{image}: is an input; predict never overwrites an input" in r.stderr
     assert image.read_bytes() == IMAGE.read_bytes() and sorted(p.name for p in folder.iterdir()) == ["scene.png"]
 
 

@@ -5,10 +5,11 @@ import mindspore as ms
 from mindspore import nn
 
 from model.layers import LayerNorm
+from model.vit import PatchProjection
 
 
 class _Float16Compute(nn.Cell):
-    """A Dense/Conv2d computed in float16 (input and weights cast), its output back in float32."""
+    """A Dense/Conv2d/patch projection computed in float16 (input and weights cast), its output back in float32."""
 
     def __init__(self, cell: nn.Cell):
         super().__init__(auto_prefix=False)  # parameter names stay the wrapped layer's
@@ -20,7 +21,7 @@ class _Float16Compute(nn.Cell):
 
 def _float16_matmul_layers(cell: nn.Cell) -> None:
     for name, sub in list(cell.name_cells().items()):
-        if isinstance(sub, (nn.Dense, nn.Conv2d)):
+        if isinstance(sub, (nn.Dense, nn.Conv2d, PatchProjection)):
             cell._cells[name] = _Float16Compute(sub)
         elif not isinstance(sub, _Float16Compute):
             _float16_matmul_layers(sub)
@@ -29,7 +30,7 @@ def _float16_matmul_layers(cell: nn.Cell) -> None:
 def apply_amp(net: nn.Cell, level: str) -> nn.Cell:
     """Set the network's compute precision in place (weights stay float32 masters); returns `net`.
 
-    O0: float32. O1: the Dense and Conv2d layers (all the matmul FLOPs but attention's two
+    O0: float32. O1: the Dense, Conv2d and patch projection layers (all the matmul FLOPs but attention's two
     batched products) compute in float16, everything else stays float32. O2: every cell computes
     in float16 except LayerNorm (float32); the residual stream is float16. The loss always
     casts the logits to float32. Written here rather than with `amp.auto_mixed_precision`,

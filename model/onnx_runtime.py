@@ -1,0 +1,67 @@
+"""Running the network through ONNX Runtime instead of MindSpore (the sliding window's windows).
+
+`OnnxRunner(model_bytes)` is a callable from a float32 NumPy batch (N, 3, win, win) to NumPy
+logits, which `evaluate.sliding_window.run_windows` accepts in place of a MindSpore network.
+The graph comes from `model.onnx_export.segmenter_onnx` at the window size. onnx and
+onnxruntime are an optional extra (requirements-onnx.txt); `require_onnx` names it when missing.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+EXTRA = "pip install -r requirements-onnx.txt"
+
+
+class OnnxMissing(RuntimeError):
+    pass
+
+
+def require_onnx(what: str) -> None:
+    """Raise OnnxMissing, naming the extra, unless onnx and onnxruntime import."""
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise OnnxMissing(f"{what} needs the optional {module} package: {EXTRA}") from None
+
+
+class OnnxRunner:
+    def __init__(self, model_bytes: bytes, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # One intra-op thread per core: ONNX Runtime's default, stated so both sides of a
+        # benchmark run with the same count.
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self.training = False
+
+    def set_train(self, mode: bool = True) -> None:
+        if mode:
+            raise ValueError("an ONNX Runtime session only runs inference")
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"image": np.ascontiguousarray(crops, np.float32)})[0]
+
+
+def max_probability_difference(net, runner: OnnxRunner, height: int, width: int, seed: int = 0) -> float:
+    """Largest |softmax difference| between `net` and `runner` on one random (1,3,H,W) input."""
+    import mindspore as ms
+
+    x = np.random.RandomState(seed).randn(1, 3, height, width).astype(np.float32)
+
+    def probs(logits):
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return float(np.abs(probs(net(ms.Tensor(x)).asnumpy()) - probs(runner(x))).max())
+
+
+def onnx_runner(net, window: int, threads: int | None = None) -> OnnxRunner:
+    """An ONNX Runtime session of `net` for window x window crops (any batch)."""
+    from model.onnx_export import segmenter_onnx
+
+    return OnnxRunner(segmenter_onnx(net, window, window).SerializeToString(), threads)
