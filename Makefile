@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-onnx.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) cli.py make-sample --out $(DEMO)/cityscapes
+	$(PY) cli.py make-sample --out $(DEMO)/cityscapes --train 48 --val 8
 	$(PY) cli.py build-mindrecord --root $(DEMO)/cityscapes --out $(DEMO)/mindrecord
 	rm -rf $(DEMO)/run
 	$(PY) cli.py train --config configs/seg_tiny_demo.yaml --data $(DEMO)/mindrecord --out $(DEMO)/run

@@ -113,10 +113,10 @@ def _background(add, rng, h: int, w: int) -> int:
         add("vegetation", _ellipse(cx, cy, r, r * rng.uniform(0.7, 1.0), 16))
     if rng.random() < 0.5:
         x0 = rng.uniform(0, 0.6) * w
-        add("wall", _quad(x0, hz - 0.06 * h, x0 + rng.uniform(0.1, 0.3) * w, hz + 6))
+        add("wall", _quad(x0, hz - 0.14 * h, x0 + rng.uniform(0.15, 0.35) * w, hz + 6))
     if rng.random() < 0.6:
         x0 = rng.uniform(0, 0.7) * w
-        add("fence", _quad(x0, hz - 0.05 * h, x0 + rng.uniform(0.1, 0.3) * w, hz + 5))
+        add("fence", _quad(x0, hz - 0.12 * h, x0 + rng.uniform(0.15, 0.35) * w, hz + 5))
     if rng.random() < 0.3:
         add("guard rail", _quad(0.55 * w, hz - 0.02 * h, 0.9 * w, hz + 3))
     vx = w * rng.uniform(0.4, 0.6)                 # vanishing point of the road
@@ -138,14 +138,14 @@ def _street_furniture(add, rng, h: int, w: int, hz: int) -> None:
         px = rng.uniform(0.02, 0.3) * w if side == 0 else rng.uniform(0.7, 0.98) * w
         py = hz + rng.uniform(0.05, 0.2) * h
         s = _depth_scale(py, hz, h)
-        pw, ph = max(2, 0.012 * w * s * 3), h * 0.5 * s + 0.25 * h
+        pw, ph = max(4, 0.024 * w * s * 3), h * 0.5 * s + 0.25 * h
         add("pole", _quad(px - pw / 2, py - ph, px + pw / 2, py))
         if rng.random() < 0.7:
-            r = max(4, 0.03 * w * s * 2)
+            r = max(6, 0.05 * w * s * 2)
             add("traffic sign", _ellipse(px, py - ph - r * 0.5, r, r, 8) if rng.random() < 0.5 else
                 [(px - r, py - ph), (px + r, py - ph), (px, py - ph - 1.7 * r)])
-        if rng.random() < 0.5:
-            lw, lh = max(4, 0.018 * w * s * 2), max(9, 0.05 * w * s * 2)
+        if rng.random() < 0.8:
+            lw, lh = max(12, 0.07 * w * s * 2), max(24, 0.14 * w * s * 2)
             add("traffic light", _quad(px + pw / 2, py - ph * 0.8, px + pw / 2 + lw, py - ph * 0.8 + lh))
     if rng.random() < 0.3:
         px = rng.uniform(0.1, 0.9) * w
