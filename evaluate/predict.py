@@ -82,10 +82,11 @@ def predict_rgb(net, cfg, rgb: np.ndarray, label: str, on_band=None) -> np.ndarr
             bar.close()
 
 
-def predict_image(net, cfg, path: Path, out_dir: Path, save_probs: bool, alpha: float | None = None,
-                  item: Item | None = None) -> int:
-    """Write one image's outputs; returns its pixel count. `alpha`: also an overlay at that opacity."""
-    item = item or Item(Path(path), Path(path).stem, "image")
+def predict_image(net, cfg, item, out_dir: Path, save_probs: bool, alpha: float | None = None) -> None:
+    """Write one image's outputs (`item`: an Item, or an image path written as OUT/{stem}).
+    `alpha`: also an overlay at that opacity."""
+    if not isinstance(item, Item):
+        item = Item(Path(item), Path(item).stem, "image")
     rgb = read_rgb(item.path)
     h, w = rgb.shape[:2]
     label_png, color_png, *extra = output_paths(out_dir, item, save_probs, alpha is not None, False)
@@ -99,7 +100,6 @@ def predict_image(net, cfg, path: Path, out_dir: Path, save_probs: bool, alpha: 
     write_png_atomic(color_png, colorize(train_ids))
     if alpha is not None:
         write_png_atomic(extra[0], overlay(rgb, train_ids, alpha=alpha))
-    return train_ids.size
 
 
 def predict_video(net, cfg, item: Item, out_dir, alpha: float, frames: bool, progress: Progress) -> int:
@@ -144,21 +144,20 @@ def predict_video(net, cfg, item: Item, out_dir, alpha: float, frames: bool, pro
 def predict_inputs(net, cfg, inputs: Inputs, out_dir, save_probs: bool = False, alpha: float | None = None,
                    frames: bool = False) -> dict:
     """Predict every resolved input (evaluate/predict_inputs.py); one progress bar over images and
-    video frames."""
-    check_output(cfg, out_dir)
+    video frames. The caller has run `check_outputs` and `check_output` before loading the model."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     total = inputs.images + sum(_frame_count(i.path) for i in inputs.items if i.kind == "video")
     progress = Progress(total, "predict", "img")
     start = time.time()
-    counts = {"images": 0, "frames": 0, "pixels": 0}
+    counts = {"images": 0, "frames": 0}
     try:
         for item in inputs.items:
             if item.kind == "video":
                 counts["frames"] += predict_video(net, cfg, item, out_dir, VIDEO_OVERLAY if alpha is None else alpha,
                                                   frames, progress)
             else:
-                counts["pixels"] += predict_image(net, cfg, item.path, out_dir, save_probs, alpha, item)
+                predict_image(net, cfg, item, out_dir, save_probs, alpha)
                 counts["images"] += 1
                 progress.update(1, postfix=item.path.name)
     except OSError as err:  # a full disk while writing: name the file, keep what was written

@@ -59,7 +59,7 @@ def _image_problem(path: Path) -> str | None:
     return None
 
 
-def video_problem(path: Path) -> str | None:
+def _video_problem(path: Path) -> str | None:
     """None if OpenCV can open the video and decode its first frame, else why not."""
     cap = cv2.VideoCapture(str(path))
     try:
@@ -72,7 +72,7 @@ def video_problem(path: Path) -> str | None:
 
 
 def _problem(path: Path, kind: str) -> str | None:
-    return video_problem(path) if kind == "video" else _image_problem(path)
+    return _video_problem(path) if kind == "video" else _image_problem(path)
 
 
 def _kind(path: Path) -> str:
@@ -86,7 +86,7 @@ def _found_in(folder: Path) -> list[Path]:
 def resolve_inputs(args) -> Inputs:
     """Expand the command line's arguments; raise PredictError on an explicit bad file."""
     inputs = Inputs()
-    found = 0
+    found, searched = 0, []
     for arg in map(str, args):
         path = Path(arg)
         if path.is_dir():
@@ -107,6 +107,7 @@ def resolve_inputs(args) -> Inputs:
                 raise PredictError(f"{path}: {problem}")
             inputs.items.append(Item(path, path.stem, kind))
             continue
+        searched.append(arg)
         for p, stem in matches:
             found += 1
             problem = _image_problem(p)
@@ -115,7 +116,7 @@ def resolve_inputs(args) -> Inputs:
             else:
                 inputs.items.append(Item(p, stem, "image"))
     if found and not inputs.items:
-        raise PredictError(f"{args[0]}: none of the {found} images found can be read "
+        raise PredictError(f"{', '.join(searched)}: none of the {found} images found can be read "
                            f"(first: {inputs.skipped[0][0]}: {inputs.skipped[0][1]})")
     return inputs
 

@@ -70,7 +70,7 @@ def test_folder_of_unreadable_files_only_is_an_error(ckpt, tmp_path, monkeypatch
     (src / "y.jpg").write_bytes(b"")
     monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
     r = run("predict", src, "--checkpoint", ckpt, "--out", tmp_path / "out")
-    assert r.exit_code == 2 and "none of the 2 images found can be read" in r.stderr
+    assert r.exit_code == 2 and f"error: {src}: none of the 2 images found can be read" in r.stderr
     assert not (tmp_path / "out").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
