@@ -18,6 +18,7 @@ class LayerNorm(nn.Cell):
 
     def __init__(self, dim: int, eps: float = LN_EPS):
         super().__init__()
+        self.eps = eps
         self.weight = Parameter(initializer("ones", (dim,), ms.float32), name="weight")
         self.bias = Parameter(initializer("zeros", (dim,), ms.float32), name="bias")
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
@@ -50,6 +51,7 @@ class DropPath(nn.Cell):
 
     def __init__(self, p: float):
         super().__init__()
+        self.rate = p
         self.active = p > 0
         # Dropout of a (B,1,1) tensor of ones is exactly the per-sample keep mask / keep_prob.
         self.drop = nn.Dropout(p=p) if self.active else None
@@ -129,20 +131,22 @@ class Block(nn.Cell):
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float, drop_path: float):
         super().__init__()
-        self.hparams = {"dim": dim, "heads": heads, "mlp_dim": mlp_dim, "dropout": dropout, "drop_path": drop_path}
+        self.dim, self.heads, self.mlp_dim, self.dropout = dim, heads, mlp_dim, dropout
         self.norm1 = LayerNorm(dim)
         self.norm2 = LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout)
         self.mlp = FeedForward(dim, mlp_dim, dropout)
         self.drop_path = DropPath(drop_path)
 
+    def like(self) -> "Block":
+        """A new block of the same shape and rates (the per-block train step's template)."""
+        return Block(self.dim, self.heads, self.mlp_dim, self.dropout, self.drop_path.rate)
+
     def construct(self, x, keep=None):
         """`keep`: optional (2,B,1,1) drop-path masks for the attention and MLP branches."""
-        if keep is None:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-            return x + self.drop_path(self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.attn(self.norm1(x)), keep[0])
-        return x + self.drop_path(self.mlp(self.norm2(x)), keep[1])
+        keep_attn, keep_mlp = (None, None) if keep is None else (keep[0], keep[1])
+        x = x + self.drop_path(self.attn(self.norm1(x)), keep_attn)
+        return x + self.drop_path(self.mlp(self.norm2(x)), keep_mlp)
 
 
 def drop_path_rates(rate: float, depth: int) -> list:

@@ -27,12 +27,11 @@ class Segmenter(nn.Cell):
             im = ops.pad(im, (0, pad_w, 0, pad_h))
         return im
 
-    def head(self, x, h: int, w: int):
-        """Encoder blocks' output (B,1+N,d) of an (h,w) image -> logits (B,n_cls,h,w)."""
+    def forward_head(self, x, h: int, w: int):
+        """Encoder features (B,1+N,d) of an (h,w) image -> logits (B,n_cls,h,w)."""
         p = self.patch_size
         hp, wp = h + (p - h % p) % p, w + (p - w % p) % p
-        x = self.encoder.norm(x)[:, 1:]  # drop the class token
-        masks = self.decoder(x, hp // p, wp // p)
+        masks = self.decoder(x[:, 1:], hp // p, wp // p)  # the class token is not decoded
         masks = ops.interpolate(masks, size=(hp, wp), mode="bilinear", align_corners=False)
         if hp != h or wp != w:
             masks = masks[:, :, :h, :w]
@@ -40,17 +39,7 @@ class Segmenter(nn.Cell):
 
     def construct(self, im, keeps=None):
         """`keeps`: optional per-block (2,B,1,1) drop-path masks drawn by the caller (training)."""
-        h, w = im.shape[2], im.shape[3]
-        x = self.encoder.embed(self.pad(im))
-        if keeps is None:
-            for blk in self.encoder.blocks:
-                x = blk(x)
-        else:
-            i = 0
-            for blk in self.encoder.blocks:
-                x = blk(x, keeps[i])
-                i += 1
-        return self.head(x, h, w)
+        return self.forward_head(self.encoder(self.pad(im), keeps), im.shape[2], im.shape[3])
 
 
 def build_segmenter(model_cfg) -> Segmenter:

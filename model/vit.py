@@ -60,7 +60,10 @@ class PatchEmbedding(nn.Cell):
 
 
 class VisionTransformer(nn.Cell):
-    """Returns the final-norm features (B, 1+N, d) of an image whose sides are multiples of the patch."""
+    """Returns the final-norm features (B, 1+N, d) of an image whose sides are multiples of the patch.
+
+    `embed` (patches, class token, position) and `norm` are also called on their own by the per-block
+    train step, which runs the blocks between them one graph at a time."""
 
     def __init__(self, image_size, patch_size: int, n_layers: int, d_model: int, d_ff: int, n_heads: int,
                  dropout: float = 0.0, drop_path_rate: float = 0.0, channels: int = 3):
@@ -90,10 +93,9 @@ class VisionTransformer(nn.Cell):
                                (h // self.patch_size, w // self.patch_size)).astype(x.dtype)
         return self.dropout(x + pos)
 
-    def construct(self, im):
+    def construct(self, im, keeps=None):
+        """Final-norm features; `keeps`: optional per-block (2,B,1,1) drop-path masks (training)."""
         x = self.embed(im)
-        for blk in self.blocks:
-            x = blk(x)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, None if keeps is None else keeps[i])
         return self.norm(x)
-
-

@@ -25,7 +25,6 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import ParameterTuple, nn, ops
 
-from model.layers import Block
 from train.drop_path import block_rates, keep_masks
 from train.precision import apply_amp
 from train.update import ApplyGradients
@@ -61,7 +60,8 @@ class _ScaledHeadLoss(nn.Cell):
         self.loss = loss
 
     def construct(self, x, label, scale):
-        return self.loss(self.net.head(x, label.shape[1], label.shape[2]), label.astype(ms.int32)) * scale
+        logits = self.net.forward_head(self.net.encoder.norm(x), label.shape[1], label.shape[2])
+        return self.loss(logits, label.astype(ms.int32)) * scale
 
 
 class _HeadGrad(nn.Cell):
@@ -111,7 +111,7 @@ class PerBlockTrainStep:
         if covered != set(self.order):
             raise ValueError("per-block step: the optimizer's parameters are not the network's trainable ones")
         # Same precision as the network's blocks (apply_amp has already run on `net`).
-        self.template = apply_amp(Block(**blocks[0].hparams), amp_level)
+        self.template = apply_amp(blocks[0].like(), amp_level)
         self.template_weights = list(self.template.get_parameters())
         self.stem = _Stem(net, normalize)
         self.stem_grad = _StemGrad(self.stem, stem_w)

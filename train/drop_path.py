@@ -25,4 +25,4 @@ def keep_masks(rates, batch: int, seed: int, rank: int, step: int, micro: int = 
 
 def block_rates(net) -> list:
     """The drop-path rate of each encoder block of a Segmenter."""
-    return [blk.hparams["drop_path"] for blk in net.encoder.blocks]
+    return [blk.drop_path.rate for blk in net.encoder.blocks]
