@@ -71,9 +71,8 @@ class DropPath(nn.Cell):
 class Softmax(nn.Cell):
     """Softmax over the last axis with its backward written out: dx = p - y * (p @ 1), p = dy * y.
 
-    MindSpore's CPU SoftmaxGrad spends most of its time in a last-axis ReduceSum (54 ms on
-    (1,3,2305,2305)); the same sum as a MatMul with a column of ones takes 4 ms, and the whole
-    forward + backward drops from 85 to 36 ms at that shape (bench/profile_ops.py).
+    MindSpore's CPU SoftmaxGrad spends most of its time in a last-axis ReduceSum; the same sum as a
+    MatMul with a column of ones is an order of magnitude faster (figures: docs/mindspore_notes.md).
     """
 
     def __init__(self):

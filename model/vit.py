@@ -25,8 +25,8 @@ def resize_pos_embed(pos_embed, old_grid, new_grid):
 class PatchProjection(nn.Cell):
     """The official `Conv2d(C, d, kernel_size=p, stride=p)` computed as patchify + one MatMul.
 
-    Same weight (d, C, p, p) and bias (d,), initialised as `nn.Conv2d` initialises them; the
-    MindSpore CPU Conv2d takes about 1.2 s on a 3x768x768 image, this 8 ms (bench/profile_ops.py).
+    Same weight (d, C, p, p) and bias (d,), initialised as `nn.Conv2d` initialises them; MindSpore's
+    CPU Conv2d with kernel = stride is about a hundred times slower (docs/mindspore_notes.md).
     Returns the tokens (B, gh*gw, d) in row-major patch order.
     """
 

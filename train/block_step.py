@@ -4,8 +4,8 @@ Why: MindSpore (2.10, CPU, every jit level and memory_optimize_level) gives each
 its own memory for all of its intermediates and keeps it for the life of the graph. A
 whole-network gradient graph therefore holds every block's forward and backward tensors at
 once: for ViT-Tiny at 2 x 768x768, 12 blocks x several (B, heads, 2305, 2305) attention
-tensors, over 12 GiB. (Measured: one block's gradient graph holds 0.68 GiB; twelve separately
-compiled blocks hold twelve times that.) Here every encoder block runs through the SAME two
+tensors (figures: docs/benchmarks.md; twelve separately compiled blocks would hold twelve times one
+block's memory). Here every encoder block runs through the SAME two
 compiled graphs (forward, and recompute + vjp) of one template block whose Parameters are
 pointed at block i's weights before it runs; the host runs
 
