@@ -1,0 +1,82 @@
+"""One writer per folder: a kernel lock (flock) on a hidden file inside it.
+
+The kernel drops the lock when the holding process dies, even by kill -9, so a lock never goes
+stale and is never removed by hand. The ranks of one msrun launch share the lock: they are
+siblings (one parent, msrun) and record that parent as the holder; any other process, or the
+ranks of another launch, is refused with `OSError(EBUSY)` naming the folder, which every command
+prints as `error: FOLDER: ...` (exit 2).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK_NAME = ".segmenter.lock"
+_SHARE_WAIT_S = 10.0  # how long a later rank waits for the first rank to record the launch
+
+
+def _launch_id() -> str:
+    """Who may share the lock: one msrun launch (its ranks' common parent), else this process alone."""
+    if os.environ.get("MS_WORKER_NUM") or os.environ.get("MS_ROLE"):
+        return f"msrun:{os.getppid()}"
+    return f"pid:{os.getpid()}"
+
+
+def _busy(folder: Path, what: str) -> OSError:
+    return OSError(errno.EBUSY, f"another {what} is writing here (wait for it to finish, or use another folder)",
+                   str(folder))
+
+
+@contextmanager
+def folder_lock(folder, what: str):
+    """Hold `folder`'s lock for the block; `what` names the command in the refusal ("train").
+
+    The folder must exist. Where the lock file cannot be created (a read-only folder), nothing can
+    write there either, so the block runs unlocked and its own writes report the real error."""
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    me = _launch_id()
+    try:
+        _acquire(fd, folder, what, me)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, folder: Path, what: str, me: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if not me.startswith("msrun:"):
+            raise _busy(folder, what) from None
+        _join(fd, folder, what, me)
+        return
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, me.encode(), 0)
+    if me.startswith("msrun:"):  # let the launch's other ranks in; others still see a holder
+        fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def _join(fd: int, folder: Path, what: str, me: str) -> None:
+    """A later rank of the launch that holds the lock shares it; anyone else is refused."""
+    deadline = time.monotonic() + _SHARE_WAIT_S
+    while True:
+        holder = os.pread(fd, 256, 0).decode(errors="replace")
+        if holder == me:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass  # the first rank has not downgraded yet
+        if time.monotonic() > deadline:
+            raise _busy(folder, what)
+        time.sleep(0.05)
