@@ -45,13 +45,15 @@ def main():
 
 
 def _parse_scales(ctx, param, value):
+    import math
+
     if value is None:
         return None
     try:
         scales = [float(s) for s in value.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
-    if not scales or min(scales) <= 0:
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
         raise click.BadParameter(f"{value!r}: give one or more positive factors, e.g. 0.5,1.0,1.5")
     return scales
 
@@ -135,7 +137,37 @@ def _inference_config(checkpoint, config, window, stride, infer_size, flip, scal
                 "scales": scales, "batch_windows": batch_windows}
     cfg = apply_overrides(cfg, [f"eval.{k}={v}" for k, v in settings.items() if v is not None], "window options")
     _check_window_fits(cfg, window is not None)
+    _check_settings_fit(cfg, settings)
     return cfg
+
+
+def _check_settings_fit(cfg, given: dict) -> None:
+    """Infer size and scales that no image could run with in this machine's memory are refused
+    before the model loads, naming the option (or config key); each image is checked later."""
+    from evaluate.cost import settings_problem
+
+    problem = settings_problem(cfg)
+    if problem is not None:
+        key, reason = problem
+        value = getattr(cfg.eval, key)
+        shown = ",".join(f"{s:g}" for s in value) if key == "scales" else value
+        option = f"--{key.replace('_', '-')} {shown}" if given[key] is not None else f"eval.{key} {value}"
+        raise UserError(f"{option}: {reason}")
+
+
+def _check_split_sizes(cfg, data, split: str, max_images: int) -> None:
+    """Every record size of the split against this machine's memory (refused, naming a record of
+    that size) and against a normal frame's windows (a warning), before the model loads."""
+    from evaluate.cost import slow_warning, split_sizes, too_costly
+
+    for h, w, record, count in split_sizes(data, split, max_images):
+        where = f"{data}/{split}: record {record!r}" + (f" (and {count - 1} more of its size)" if count > 1 else "")
+        problem = too_costly(cfg, h, w, where)
+        if problem is not None:
+            raise UserError(problem)
+        line = slow_warning(cfg, h, w, where)
+        if line is not None:
+            click.echo(line, err=True)
 
 
 def _load_net(cfg, checkpoint, mode: str | None = None):
@@ -179,7 +211,20 @@ def _parse_splits(ctx, param, value):
     splits = [s.strip() for s in value.split(",") if s.strip()]
     if not splits or len(set(splits)) != len(splits):
         raise click.BadParameter(f"{value!r}: give distinct split names, e.g. train,val")
+    for split in splits:
+        _parse_split(ctx, param, split)
     return splits
+
+
+def _parse_split(ctx, param, value):
+    """A split names a folder (OUT/{split}/) and its shards: a plain name only."""
+    from mindrecords.schema import check_split_name
+
+    try:
+        check_split_name(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    return value
 
 
 @main.command("build-mindrecord")
@@ -228,6 +273,8 @@ def verify_cmd(out, splits):
         click.echo(f"{r.split}: {r.records} records in {r.shards} shards, {len(r.problems)} problems")
         for path, message in r.problems:
             click.echo(f"  {path}: {message}")
+        for path, message in r.notes:
+            click.echo(f"  note: {path}: {message}")
         problems += len(r.problems)
     records = sum(r.records for r in reports)
     seconds = time.perf_counter() - start
@@ -241,7 +288,8 @@ def verify_cmd(out, splits):
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="build-mindrecord output folder.")
-@click.option("--split", default="val", show_default=True, help="Split to evaluate (test: export only).")
+@click.option("--split", default="val", show_default=True, callback=_parse_split,
+              help="Split to evaluate (test: export only).")
 @_window_options
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="Evaluate the first N images (0 = all).")
 @click.option("--save-predictions", type=click.Path(), help="Write labelIds/ and color/ PNGs into this folder.")
@@ -263,6 +311,8 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     if split in NO_GROUND_TRUTH_SPLITS and not save_predictions:
         raise UserError(f"--split {split} has no ground truth to score: pass --save-predictions DIR to export")
     _check_runtime(runtime)
+    _check_eval_outputs(checkpoint, config, data, save_predictions, json_path)
+    _end_on_sigterm()
     if json_path:
         if not Path(json_path).parent.is_dir():
             raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
@@ -272,6 +322,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
         if save_predictions:
             check_prediction_dir(save_predictions)
         split_shard_files(data, split)  # fail on a missing split before loading the model
+        _check_split_sizes(cfg, data, split, max_images)
         net = _window_runner(cfg, checkpoint, runtime)
         rank, group_size = init_distributed()  # under msrun: each rank evaluates its share
         result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
@@ -288,6 +339,33 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
         except OSError as err:
             raise UserError(f"{json_path}: cannot write the metrics ({err.strerror or err})") from None
         click.echo(f"metrics: {json_path}")
+
+
+def _end_on_sigterm() -> None:
+    """SIGTERM (kill, a timeout, a job scheduler) ends the command as Ctrl-C does: its `finally`
+    blocks run, so temporary files and half-built folders go with it. Exit status 143, the signal's."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _check_eval_outputs(checkpoint, config, data, save_predictions, json_path) -> None:
+    """Neither output may be, or lie inside, what the run reads; --json not inside the prediction
+    folder either (that folder is replaced whole). Paths compared as files."""
+    from base.ownership import why_not_output
+    from settings.files import config_beside
+
+    reads = [("the checkpoint (--checkpoint)", checkpoint), ("the config (--config)", config),
+             ("the checkpoint's config", config_beside(checkpoint)), ("the data folder (--data)", data)]
+    if save_predictions:
+        reason = why_not_output(save_predictions, reads)
+        if reason is not None:
+            raise UserError(f"{save_predictions}: {reason}; choose another --save-predictions folder")
+    if json_path:
+        reason = why_not_output(json_path, reads + [("the prediction folder (--save-predictions)", save_predictions)])
+        if reason is not None:
+            raise UserError(f"{json_path}: {reason}; --json must name a file of its own")
 
 
 def _print_eval(result: dict, cfg, split: str, save_predictions) -> None:
@@ -396,7 +474,7 @@ def convert_weights_cmd(src, out, config):
     """Import SRC: an official Segmenter release (checkpoint.pth + variant.yml, or its folder) or a Google ViT .npz."""
     from pathlib import Path
 
-    from settings.files import config_beside, load_config
+    from settings.files import config_beside
 
     from settings.schema import ConfigError
     from model.checkpoint import CheckpointError
@@ -407,10 +485,9 @@ def convert_weights_cmd(src, out, config):
     if Path(out).suffix != ".ckpt":
         raise UserError(f"--out {out}: the checkpoint name must end in .ckpt")
     try:
-        cfg = load_config(config) if config else None
         from model.convert import convert_weights
 
-        cfg, kind = convert_weights(src, out, cfg)
+        cfg, kind = convert_weights(src, out, config)
     except (ConfigError, CheckpointError, TorchFileError) as err:
         raise UserError(str(err)) from None
     m = cfg.model
@@ -443,22 +520,27 @@ def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, fli
 
     Per image OUT/{stem}.png (trainIds), OUT/{stem}_color.png [, _overlay.png, _probs.npy]; per
     video OUT/{stem}.mp4 (.avi for .avi) of overlays at its frame rate [, {stem}_frames/]."""
-    from evaluate.predict import check_output, predict_inputs
-    from evaluate.predict_inputs import PredictError, check_outputs, resolve_inputs
+    from base.images import ImageError
+    from base.ownership import output_folder
+    from evaluate.predict import check_output, check_sizes, predict_inputs
+    from evaluate.predict_inputs import KIND, PredictError, check_outputs, resolve_inputs
     from model.checkpoint import CheckpointError
     from settings.schema import ConfigError
 
+    _end_on_sigterm()
     try:
         cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
         found = resolve_inputs(inputs)
         for path, reason in found.skipped:
             click.echo(f"skipped: {path}: {reason}", err=True)
-        check_outputs(found, out, save_probs, alpha is not None, frames)
+        check_sizes(cfg, found, lambda line: click.echo(line, err=True))
         check_output(cfg, out)
         _check_runtime(runtime)
-        net = _window_runner(cfg, checkpoint, runtime)
-        result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames)
-    except (ConfigError, CheckpointError, PredictError) as err:
+        with output_folder(out, KIND):  # one predict per --out, from the checks to the last write
+            check_outputs(found, out, save_probs, alpha is not None, frames)
+            net = _window_runner(cfg, checkpoint, runtime)
+            result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames)
+    except (ConfigError, CheckpointError, PredictError, ImageError) as err:
         raise UserError(str(err)) from None
     e = cfg.eval
     done = result["images"] + result["frames"]
@@ -480,6 +562,29 @@ def _parse_size(option: str, value: str) -> tuple[int, int]:
     return h, w
 
 
+def _info_net(cfg, checkpoint, parameters: int):
+    """The network `info` measures, or loads to check CKPT against its config: built only once its
+    weights are known to fit this machine's memory (the counts need no network)."""
+    from model.checkpoint import CheckpointError
+    from model.memory import weights_too_large
+
+    reason = weights_too_large(parameters)
+    if reason is not None:
+        raise UserError(f"{f'--checkpoint {checkpoint}' if checkpoint else '--measure'}: {reason}")
+    try:
+        if checkpoint:
+            return _load_net(cfg, checkpoint, mode="graph")
+        from base.device import setup_context
+        from model.segmenter import build_segmenter
+
+        setup_context(cfg.device_target, "graph", cfg.seed)
+        net = build_segmenter(cfg.model)
+        net.set_train(False)
+        return net
+    except CheckpointError as err:
+        raise UserError(str(err)) from None
+
+
 @main.command("info")
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (the model described by model.*).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Or a checkpoint (its config beside it).")
@@ -493,12 +598,10 @@ def info_cmd(config, checkpoint, size, image_size, measure):
 
     from base.network_input import inference_size
     from evaluate.sliding_window import count_windows
-    from model.info import forward_flops, measure_forward, parameter_counts
+    from model.info import forward_flops, measure_forward, model_parameter_counts
     from model.memory import forward_attention_bytes
-    from model.segmenter import build_segmenter
     from settings.files import load_config, resolve_config
     from settings.schema import ConfigError
-    from model.checkpoint import CheckpointError
 
     if (config is None) == (checkpoint is None):
         raise UserError("give --config CFG or --checkpoint CKPT (one of them)")
@@ -513,18 +616,8 @@ def info_cmd(config, checkpoint, size, image_size, measure):
     ih, iw = _parse_size("--image-size", image_size)
     if measure:
         _check_forward_fits(cfg, h, w, 1, f"--size {h}x{w}")
-    try:
-        if checkpoint:
-            net = _load_net(cfg, checkpoint, mode="graph")
-        else:
-            from base.device import setup_context
-
-            setup_context(cfg.device_target, "graph", cfg.seed)
-            net = build_segmenter(m)
-            net.set_train(False)
-    except CheckpointError as err:
-        raise UserError(str(err)) from None
-    params = parameter_counts(net)
+    params = model_parameter_counts(m)
+    net = _info_net(cfg, checkpoint, params["total"]) if measure or checkpoint else None
     flops = forward_flops(m, h, w)
     click.echo(f"model: {m.backbone}, d_model {m.d_model}, {m.n_heads} heads, {m.n_layers} layers, patch "
                f"{m.patch_size}; decoder {m.decoder.name} ({m.decoder.n_layers} layers); {m.n_cls} classes")

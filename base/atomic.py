@@ -64,14 +64,20 @@ def check_can_create_dir(folder) -> None:
     check_writable_dir(existing)
 
 
-def write_png_atomic(path, image) -> None:
-    """An (H, W) or (H, W, 3) RGB uint8 array as a PNG, atomically; OSError naming `path` on failure."""
-    import errno
+def png_bytes(image) -> bytes:
+    """An (H, W) or (H, W, 3) RGB uint8 array encoded as PNG.
 
+    Encoded in memory and written as bytes by the caller: cv2.imwrite only says "failed", while a
+    write of the bytes raises the file system's own reason (a full disk, a read-only mount)."""
     import cv2
 
-    path = Path(path)
     pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), pixels):
-            raise OSError(errno.EIO, "could not write the PNG", str(path))
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise ValueError(f"OpenCV cannot encode a {image.dtype} array of shape {image.shape} as PNG")
+    return encoded.tobytes()
+
+
+def write_png_atomic(path, image) -> None:
+    """`png_bytes(image)` written atomically; OSError naming `path` (with its errno) on failure."""
+    write_bytes_atomic(path, png_bytes(image))

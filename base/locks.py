@@ -1,10 +1,11 @@
 """One writer per folder: a kernel lock (flock) on a hidden file inside it.
 
 The kernel drops the lock when the holding process dies, even by kill -9, so a lock never goes
-stale and is never removed by hand. The ranks of one msrun launch share the lock: they are
-siblings (one parent, msrun) and record that parent as the holder; any other process, or the
-ranks of another launch, is refused with `OSError(EBUSY)` naming the folder, which every command
-prints as `error: FOLDER: ...` (exit 2).
+stale and is never removed by hand. The ranks of one msrun launch share the lock: they record
+their launch (the scheduler's address) as the holder; any other process, or the ranks of another
+launch, is refused with `OSError(EBUSY)` naming the folder, which every command prints as
+`error: FOLDER: ...` (exit 2). Only a holder removes the lock file (with the folder it created);
+a process that locked the removed file meanwhile finds the path no longer names it and is refused.
 """
 from __future__ import annotations
 
@@ -20,9 +21,15 @@ _SHARE_WAIT_S = 10.0  # how long a later rank waits for the first rank to record
 
 
 def _launch_id() -> str:
-    """Who may share the lock: one msrun launch (its ranks' common parent), else this process alone."""
-    if os.environ.get("MS_WORKER_NUM") or os.environ.get("MS_ROLE"):
-        return f"msrun:{os.getppid()}"
+    """Who may share the lock: one msrun launch, else this process alone.
+
+    msrun gives its scheduler and every worker, on every node, the scheduler's address
+    (MS_SCHED_HOST, MS_SCHED_PORT), which no other live launch can bind. Not the parent pid: msrun
+    exits right after spawning unless given --join=True, so its ranks become children of init like
+    those of every other launch, and the ranks on two nodes never share a parent."""
+    port = os.environ.get("MS_SCHED_PORT")
+    if port and (os.environ.get("MS_WORKER_NUM") or os.environ.get("MS_ROLE")):
+        return f"msrun:{os.environ.get('MS_SCHED_HOST', '')}:{port}"
     return f"pid:{os.getpid()}"
 
 
@@ -47,9 +54,21 @@ def folder_lock(folder, what: str):
     me = _launch_id()
     try:
         _acquire(fd, folder, what, me)
+        if not _still_named(fd, path):
+            raise _busy(folder, what)
         yield
     finally:
         os.close(fd)
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether `path` is still the file locked through `fd` (its holder may have removed it)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _acquire(fd: int, folder: Path, what: str, me: str) -> None:

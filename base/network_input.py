@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from base.memory import gib, physical_memory_bytes
 from base.resize import resize_bilinear, source_rows
 
 BAND_ROWS = 256  # rows normalized at a time: the float32 image at the source size is never built
@@ -43,6 +44,11 @@ def network_input(rgb: np.ndarray, mean, std, infer_size: int) -> np.ndarray:
     size = inference_size(h, rgb.shape[1], infer_size)
     if size == rgb.shape[:2]:
         return normalize(rgb, mean, std)
+    # Callers check the whole sliding window's cost first (evaluate/cost.py); this is the last guard.
+    need, have = 12 * size[0] * size[1], physical_memory_bytes()
+    if need > have:
+        raise ValueError(f"a {h}x{rgb.shape[1]} image at infer size {infer_size} becomes {size[0]}x{size[1]}: "
+                         f"{gib(need)} for the network input alone, more than this machine's {gib(have)}")
     out = np.empty((3, *size), np.float32)
     for r0 in range(0, size[0], BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, size[0])

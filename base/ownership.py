@@ -1,4 +1,5 @@
-"""Folders the project created, provably: a marker listing every file with its size and CRC-32.
+"""What the project wrote, provably: folders (a marker listing every file with its size and
+CRC-32) and single files in a user's folder (a log of the files written there, same proof).
 
 A command that replaces an earlier output folder whole (a prediction set, a generated sample
 tree) deletes it only if `why_not_ours` finds nothing wrong: the marker is the project's (tool and
@@ -6,19 +7,30 @@ kind match) and the folder holds exactly the files it lists, byte for byte (size
 folder with a user's file added, a file edited, or a mere `manifest.json` of the same name is
 never deleted. New folders are written as a hidden sibling and swapped in by rename
 (`swap_in`), so a reader never sees half a folder and an interrupted run changes nothing.
+
+Outputs written one by one into a folder that may hold the user's files too (`predict --out`)
+are proven by `WrittenFiles`; an output file the user names (`eval --json`) may replace anything
+but the run's own inputs (`why_not_output`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-from base.checksums import file_crc32
+from base.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from base.checksums import crc32_hex, file_crc32
+from base.locks import LOCK_NAME, folder_lock
 
 MARKER = ".segmenter-owned.json"
+WRITTEN = ".segmenter-written.jsonl"
 TOOL = "segmenter-mindspore"
+# The project's bookkeeping inside an output folder: never counted as content.
+BOOKKEEPING = (MARKER, WRITTEN, LOCK_NAME)
 
 
 def _entries(folder: Path):
@@ -28,13 +40,12 @@ def _entries(folder: Path):
         for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
             path = base / name
             rel = path.relative_to(folder).as_posix()
-            if rel != MARKER:
+            if rel not in BOOKKEEPING:
                 yield rel, path
 
 
 def write_marker(folder, kind: str, info: dict | None = None) -> None:
     """Record every file now under `folder` as the project's output of this `kind`."""
-    from base.atomic import write_text_atomic
 
     folder = Path(folder)
     files = {rel: [path.stat().st_size, file_crc32(path)] for rel, path in sorted(_entries(folder))}
@@ -76,7 +87,7 @@ def why_not_replaceable(folder, kind: str) -> str | None:
         return None
     if folder.is_symlink() or not folder.is_dir():
         return "exists and is not a folder"
-    if not any(folder.iterdir()):
+    if all(p.name in BOOKKEEPING for p in folder.iterdir()):
         return None
     reason = why_not_ours(folder, kind)
     return None if reason is None else f"not empty and not an earlier {kind}: {reason}"
@@ -106,3 +117,164 @@ def swap_in(staging: Path, folder, kind: str) -> None:
     os.replace(staging, folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except RuntimeError:  # a symlink loop (Python 3.11 raises RuntimeError for it)
+        raise OSError(errno.ELOOP, "a symlink loop", str(path)) from None
+
+
+def _relation(path: Path, other: Path) -> str | None:
+    """"is" if `path` and `other` are one file, "is inside" if `path` lies below the folder
+    `other`, else None. Compared as files where both exist (hard links too), else by resolved name."""
+    try:
+        if os.path.samefile(path, other):
+            return "is"
+    except OSError:  # one of them does not exist (yet)
+        pass
+    mine, theirs = _resolved(path), _resolved(other)
+    if mine == theirs:
+        return "is"
+    return "is inside" if theirs in mine.parents else None
+
+
+def why_not_output(path, protected) -> str | None:
+    """None if `path`, an output file the user named, may be written (created, or replaced if it
+    exists); else why not. `protected`: (role, path) pairs naming what the same run reads (its
+    checkpoint, configs, data folder, ...); `path` may be none of them nor lie inside one. A
+    symlink, hard link or another spelling of one of them is caught."""
+    path = Path(path)
+    for role, other in protected:
+        relation = None if other is None else _relation(path, Path(other))
+        if relation:
+            return f"{relation} {role} of this run"
+    return None
+
+
+class WrittenFiles:
+    """The files a command wrote into `folder`, a folder that may hold the user's files too.
+
+    The proof is an append-only log in the folder (WRITTEN): one JSON line per file, with its path
+    below the folder, size, CRC-32 and the command, appended before the file is renamed into place.
+    A file is the command's if its size and CRC match a line for its path: that content is one the
+    command wrote there. An interrupted run leaves at most a line for content that never arrived,
+    never a file without its line; a torn line proves nothing."""
+
+    def __init__(self, folder, kind: str):
+        self.folder, self.kind = Path(folder), kind
+        self.versions = self._read()
+
+    def _read(self) -> dict:
+        versions: dict[str, set] = {}
+        try:
+            fh = open(self.folder / WRITTEN, encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return versions
+        with fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                    key, version = rec["file"], (int(rec["size"]), str(rec["crc32"]))
+                    if rec["by"] != self.kind or not isinstance(key, str):
+                        continue
+                except (ValueError, KeyError, TypeError):
+                    continue  # blank, torn by a crash, or not the project's: proves nothing
+                versions.setdefault(key, set()).add(version)
+        return versions
+
+    def _key(self, path: Path) -> str | None:
+        try:
+            return path.relative_to(self.folder).as_posix()
+        except ValueError:
+            return None
+
+    def proves(self, path) -> bool:
+        """Whether `path`, a regular file below the folder, holds content this command wrote there."""
+        path = Path(path)
+        versions = self.versions.get(self._key(path))
+        if not versions or path.is_symlink() or not path.is_file():
+            return False
+        size = path.stat().st_size
+        return any(s == size for s, _ in versions) and (size, file_crc32(path)) in versions
+
+    def why_not_ours(self, path) -> str | None:
+        """None if writing `path` replaces nothing but this command's own earlier output."""
+        path = Path(path)
+        if not path.exists() and not path.is_symlink():
+            return None
+        return None if self.proves(path) else f"exists and was not written by {self.kind}"
+
+    def _check(self, path: Path) -> None:
+        reason = self.why_not_ours(path)
+        if reason is not None:
+            raise FileExistsError(errno.EEXIST, reason, str(path))
+
+    def _log(self, path: Path, size: int, crc: str) -> None:
+        line = json.dumps({"file": self._key(path), "size": size, "crc32": crc, "by": self.kind})
+        with open(self.folder / WRITTEN, "a", encoding="utf-8") as fh:
+            fh.write("\n" + line)  # the leading newline ends a line a crash may have torn
+        self.versions.setdefault(self._key(path), set()).add((size, crc))
+
+    def write_bytes(self, path, data: bytes) -> None:
+        """Write `data` to `path` atomically, if `path` is free or ours (else FileExistsError)."""
+        path = Path(path)
+        self._check(path)
+        self._log(path, len(data), crc32_hex(data))
+        write_bytes_atomic(path, data)
+
+    @contextmanager
+    def atomic(self, path):
+        """`atomic_path` for a file written in pieces, if `path` is free or ours (else
+        FileExistsError); logged once complete, before it is renamed into place."""
+        path = Path(path)
+        self._check(path)
+        with atomic_path(path) as tmp:
+            yield tmp
+            self._log(path, tmp.stat().st_size, file_crc32(tmp))
+
+
+@contextmanager
+def output_folder(folder, what: str):
+    """Hold output `folder`'s lock (base/locks.py, `what` names the command) for the block,
+    creating the folder first. A lock file made here is removed at the end; if the block fails,
+    the folders created here are removed too while they hold nothing but the project's
+    bookkeeping: a failed run leaves no trace."""
+    folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    lock = folder / LOCK_NAME
+    fresh_lock = not lock.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder, what):
+        held = _identity(lock)  # None where the folder could not take a lock file
+        try:
+            yield folder
+        except BaseException:
+            if created:
+                _remove_unused(created)
+            raise
+        finally:
+            # Only while the path still names the file we hold: a swapped-in folder has its own.
+            if fresh_lock and held is not None and _identity(lock) == held:
+                lock.unlink()
+
+
+def _identity(path: Path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _remove_unused(created: list) -> None:
+    if any(p.name not in BOOKKEEPING for p in created[0].iterdir()):
+        return
+    for name in BOOKKEEPING:  # the lock last, by its holder (base/locks.py)
+        (created[0] / name).unlink(missing_ok=True)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -14,7 +14,7 @@ import numpy as np
 
 from settings.schema import Config
 from evaluate.metrics import ConfusionMatrix, compute_metrics
-from evaluate.predictions import PredictionWriter
+from evaluate.predictions import prediction_set
 from evaluate.sliding_window import sliding_window_predict
 from mindrecords.eval_pipeline import eval_dataset
 from mindrecords.manifest import split_shard_files
@@ -60,23 +60,19 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     data = eval_dataset(cfg, data_root, split, with_raw=save_predictions is not None, max_images=max_images,
                         rank=rank, group_size=group_size)
     total = data.get_dataset_size()
-    writer = PredictionWriter(save_predictions, split=split, checkpoint=checkpoint) if save_predictions else None
-    scoring = _Scoring(net, cfg, split, split_dir, writer)
-    progress = Progress(total, f"eval {split}", "img") if show_progress else None
-    was_training = net.training
-    net.set_train(False)
-    start = time.perf_counter()
-    try:
-        scoring.run(read_batches(data, data_root, split, f"eval {split}", output_numpy=True, as_dict=True,
-                                 in_manifest_order=group_size == 1), progress)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        net.set_train(was_training)
-        if progress is not None:
-            progress.close()
+    with prediction_set(save_predictions, split=split, checkpoint=checkpoint) as writer:
+        scoring = _Scoring(net, cfg, split, split_dir, writer)
+        progress = Progress(total, f"eval {split}", "img") if show_progress else None
+        was_training = net.training
+        net.set_train(False)
+        start = time.perf_counter()
+        try:
+            scoring.run(read_batches(data, data_root, split, f"eval {split}", output_numpy=True, as_dict=True,
+                                     in_manifest_order=group_size == 1), progress)
+        finally:
+            net.set_train(was_training)
+            if progress is not None:
+                progress.close()
     if timings is not None:
         timings.update(scoring.spent)
     # The image count rides along with the matrix: one exact reduction for both.

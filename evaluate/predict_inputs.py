@@ -4,22 +4,32 @@ Rules (checked before the model loads):
 - a file named on the command line must be readable, or predict stops (`error: PATH: ...`);
 - files found in a folder or by a glob are images by extension; an unreadable one is listed and
   skipped, and only if none of them can be read is it an error;
-- outputs never overwrite an input, and two inputs never share an output name.
+- outputs never overwrite an input, and two inputs never share an output name;
+- outputs replace only files predict wrote, proven by its log in OUT (base/ownership.py's
+  WrittenFiles); predict's earlier outputs found in a folder or by a glob are not inputs, so
+  `predict DIR --out DIR/pred` can be rerun.
 Outputs of a folder's files keep their place below the folder (OUT/sub/dir/{stem}.png), so
 equal stems in different subfolders stay apart; files and glob matches go to OUT/{stem}.png.
 """
 from __future__ import annotations
 
 import glob
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 from PIL import Image, UnidentifiedImageError
 
+from base.images import ImageError, read_info
+from base.ownership import WRITTEN, WrittenFiles
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 GLOB_CHARS = set("*?[")
+KIND = "predict"  # the command named in the ownership log and the output folder's lock
+FRAME_FILE = re.compile(r"frame_\d{6,}\.png")  # what predict writes into a video's frame folder
 
 
 class PredictError(ValueError):
@@ -31,6 +41,7 @@ class Item:
     path: Path
     out_stem: str  # relative to OUT, without suffix: "name" or "sub/dir/name"
     kind: str  # "image" | "video"
+    found: bool = False  # found in a folder or by a glob (not named): unreadable = skipped
 
 
 @dataclass
@@ -48,12 +59,14 @@ class Inputs:
 
 
 def _image_problem(path: Path) -> str | None:
-    """None if PIL can open and verify the file, else why not."""
+    """None if the header is one base/images.py accepts (mode, size bounds) and PIL verifies the
+    file (a PNG's every CRC), else why not. Pixels are decoded later, once."""
     try:
+        read_info(path)
         with Image.open(path) as im:
             im.verify()
-    except Image.DecompressionBombError as err:
-        return f"{err} (PIL's guard against decompression bombs)"
+    except ImageError as err:
+        return err.reason
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         return f"not a readable image ({err})"
     return None
@@ -83,19 +96,45 @@ def _found_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def frame_path(frame_dir: Path, n: int) -> Path:
+    return frame_dir / f"frame_{n:06d}.png"
+
+
+class _EarlierOutputs:
+    """`path in earlier`: whether predict wrote `path`, proven by the log of a folder above it."""
+
+    def __init__(self):
+        self.logs: dict[Path, WrittenFiles | None] = {}
+
+    def _log(self, folder: Path) -> WrittenFiles | None:
+        if folder not in self.logs:
+            try:
+                self.logs[folder] = WrittenFiles(folder, KIND) if (folder / WRITTEN).is_file() else None
+            except OSError:  # an unreadable log proves nothing
+                self.logs[folder] = None
+        return self.logs[folder]
+
+    def __contains__(self, path: Path) -> bool:
+        path = Path(os.path.abspath(path))
+        return any((log := self._log(folder)) is not None and log.proves(path) for folder in path.parents)
+
+
 def resolve_inputs(args) -> Inputs:
     """Expand the command line's arguments; raise PredictError on an explicit bad file."""
     inputs = Inputs()
     found, searched = 0, []
+    earlier = _EarlierOutputs()
     for arg in map(str, args):
         path = Path(arg)
         if path.is_dir():
-            matches = [(p, p.relative_to(path).with_suffix("").as_posix()) for p in _found_in(path)]
+            matches = [(p, p.relative_to(path).with_suffix("").as_posix()) for p in _found_in(path)
+                       if p not in earlier]
             if not matches:
                 raise PredictError(f"{path}: no images in this folder (extensions {', '.join(IMAGE_EXTENSIONS)})")
         elif not path.exists() and GLOB_CHARS & set(arg):
             hits = sorted(Path(p) for p in glob.glob(arg, recursive=True))
-            matches = [(p, p.stem) for p in hits if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            matches = [(p, p.stem) for p in hits
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and p not in earlier]
             if not matches:
                 raise PredictError(f"{arg}: no image matches this pattern")
         else:
@@ -114,7 +153,7 @@ def resolve_inputs(args) -> Inputs:
             if problem:
                 inputs.skipped.append((p, problem))
             else:
-                inputs.items.append(Item(p, stem, "image"))
+                inputs.items.append(Item(p, stem, "image", found=True))
     if found and not inputs.items:
         raise PredictError(f"{', '.join(searched)}: none of the {found} images found can be read "
                            f"(first: {inputs.skipped[0][0]}: {inputs.skipped[0][1]})")
@@ -133,8 +172,10 @@ def output_paths(out_dir, item: Item, save_probs: bool, overlay: bool, frames: b
 
 
 def check_outputs(inputs: Inputs, out_dir, save_probs: bool, overlay: bool, frames: bool) -> None:
-    """No output overwrites an input; no two inputs write the same output."""
+    """No output overwrites an input or a file predict did not write; no two inputs write the same
+    output. Run under OUT's lock, before the model loads."""
     sources = {i.path.resolve(): i.path for i in inputs.items}
+    ours = WrittenFiles(out_dir, KIND)
     written = {}
     for item in inputs.items:
         for out in output_paths(out_dir, item, save_probs, overlay, frames):
@@ -144,3 +185,14 @@ def check_outputs(inputs: Inputs, out_dir, save_probs: bool, overlay: bool, fram
             if key in written:
                 raise PredictError(f"{item.path}: same output {out} as {written[key]}")
             written[key] = item.path
+            for path in _replaced(out, item):
+                reason = ours.why_not_ours(path)
+                if reason is not None:
+                    raise PredictError(f"{path}: {reason}")
+
+
+def _replaced(out: Path, item: Item) -> list[Path]:
+    """The existing paths that writing `out` replaces (for a video's frame folder: its frames)."""
+    if item.kind == "video" and out.name.endswith("_frames") and out.is_dir() and not out.is_symlink():
+        return [p for p in out.iterdir() if FRAME_FILE.fullmatch(p.name)]
+    return [out]

@@ -9,22 +9,23 @@ Files are written into a hidden sibling `.DIR.partial-XXXX` that is renamed to D
 every image and the manifest are on disk, so an interrupted or failed run never leaves a
 prediction set that looks complete. An existing DIR is replaced only if it is empty or provably
 an earlier prediction set of this project (base/ownership.py: every file listed in the marker
-with its size and CRC-32, nothing added); anything else is refused before any work.
+with its size and CRC-32, nothing added); anything else is refused before any work. One run at
+a time: the writer holds DIR's lock (created empty for it if missing) until the set is in place.
 """
 from __future__ import annotations
 
 import json
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from base.atomic import check_can_create_dir
+from base.atomic import check_can_create_dir, write_png_atomic
 from base.labels import train_to_label_lut
 from base.overlay import overlay
-from base.ownership import make_staging, swap_in, why_not_replaceable
+from base.ownership import make_staging, output_folder, swap_in, why_not_replaceable
 
 MANIFEST = "manifest.json"
 KIND = "prediction set"
@@ -32,12 +33,6 @@ KIND = "prediction set"
 
 class PredictionError(OSError):
     """The prediction folder cannot be written; the message names it."""
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
-        raise PredictionError(f"{path}: could not write the PNG")
 
 
 def check_prediction_dir(out_dir) -> None:
@@ -53,12 +48,30 @@ def check_prediction_dir(out_dir) -> None:
         raise PredictionError(f"{out}: cannot write predictions here ({err.strerror or err})") from None
 
 
+@contextmanager
+def prediction_set(out_dir, split: str, checkpoint: str | None = None):
+    """A PredictionWriter for `out_dir` (None if no folder is given) holding the folder's lock for
+    the block; the caller commits, a failing block aborts: nothing of the set is left."""
+    if out_dir is None:
+        yield None
+        return
+    check_prediction_dir(out_dir)  # before the lock: a user's folder does not even get a lock file
+    with output_folder(out_dir, "predict"):
+        writer = PredictionWriter(out_dir, split, checkpoint)
+        try:
+            yield writer
+        except BaseException:
+            writer.abort()
+            raise
+
+
 class PredictionWriter:
+    """Writes one prediction set; `prediction_set` is how it is used (lock, checks, abort)."""
+
     def __init__(self, out_dir, split: str, checkpoint: str | None = None):
         self.out = Path(out_dir)
         self.split = split
         self.checkpoint = checkpoint
-        check_prediction_dir(self.out)
         try:
             self.staging = make_staging(self.out)
         except OSError as err:
@@ -70,18 +83,34 @@ class PredictionWriter:
         self.count = 0
 
     def add(self, city: str, image_id: str, train_ids: np.ndarray, rgb: np.ndarray) -> None:
+        paths = [self._member(sub, city, image_id) for sub in ("labelIds", "color")]
         self._drain(keep=1)  # at most two images in flight bounds memory
-        self.pending.append(self.pool.submit(self._write, city, image_id, train_ids, rgb))
+        self.pending.append(self.pool.submit(self._write, paths, train_ids, rgb))
         self.count += 1
 
-    def _write(self, city: str, image_id: str, train_ids: np.ndarray, rgb: np.ndarray) -> None:
-        _write_png(self.staging / "labelIds" / city / f"{image_id}.png", self.lut[train_ids])
-        _write_png(self.staging / "color" / city / f"{image_id}.png",
-                   cv2.cvtColor(overlay(rgb, train_ids), cv2.COLOR_RGB2BGR))
+    def _member(self, sub: str, city: str, image_id: str) -> Path:
+        """staging/sub/{city}/{id}.png, refused unless it lies inside staging/sub: a record's
+        city or id ("../../x", "/tmp/x") never makes a path outside the set, whatever the reader let through."""
+        root = self.staging / sub
+        path = root / city / f"{image_id}.png"
+        inside = root.resolve()
+        if not city or not image_id or inside not in path.resolve().parents:
+            raise PredictionError(f"{self.out}: record city {city!r}, id {image_id!r} names a file outside the "
+                                  f"prediction folder ({sub}/{city}/{image_id}.png); nothing written")
+        return path
+
+    def _write(self, paths: list, train_ids: np.ndarray, rgb: np.ndarray) -> None:
+        for path, image in zip(paths, (self.lut[train_ids], overlay(rgb, train_ids))):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_png_atomic(path, image)
 
     def _drain(self, keep: int = 0) -> None:
         while len(self.pending) > keep:
-            self.pending.pop(0).result()  # re-raises a failed write here
+            try:
+                self.pending.pop(0).result()  # re-raises a failed write here
+            except OSError as err:  # a full disk: its own reason, the set named
+                raise PredictionError(f"{self.out}: cannot write predictions here "
+                                      f"({err.strerror or err})") from None
 
     def commit(self, images: int) -> None:
         self._drain()

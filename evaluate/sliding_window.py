@@ -13,7 +13,6 @@ merging whole maps: every band is computed with the same arithmetic.
 from __future__ import annotations
 
 import numpy as np
-import mindspore as ms
 
 from base.resize import resize_bilinear, source_rows
 
@@ -51,9 +50,14 @@ def run_sizes(h: int, w: int, window: int, flip: bool, scales) -> list[tuple[int
     return [upscaled_size(*scaled_size(h, w, scale), window) for scale, _ in _runs(flip, scales)]
 
 
+def anchor_count(size: int, window: int, stride: int) -> int:
+    """len(window_anchors(size, window, stride)) for size >= window, by arithmetic (no list: any size)."""
+    return -(-(size - window) // stride) + 1
+
+
 def count_windows(h: int, w: int, window: int, stride: int, flip: bool = False, scales=(1.0,)) -> int:
     """Window forwards needed for an h x w image (for progress and cost estimates)."""
-    return sum(len(window_anchors(rh, window, stride)) * len(window_anchors(rw, window, stride))
+    return sum(anchor_count(rh, window, stride) * anchor_count(rw, window, stride)
                for rh, rw in run_sizes(h, w, window, flip, scales))
 
 
@@ -78,6 +82,8 @@ def run_windows(net, crops: np.ndarray) -> np.ndarray:
     """Logits (B, n_cls, win, win) of a batch of window crops: `net` is a MindSpore Cell, or any
     callable from a float32 NumPy batch to NumPy logits (the ONNX Runtime session,
     model/onnx_runtime.py)."""
+    import mindspore as ms  # here: sizes and counts (evaluate/cost.py, `info`) need no MindSpore
+
     if isinstance(net, ms.nn.Cell):
         return net(ms.Tensor(crops)).asnumpy()
     return net(crops)

@@ -15,7 +15,7 @@ import mindspore.dataset.transforms as transforms
 import mindspore.dataset.vision as vision
 
 from base.network_input import network_input
-from mindrecords.manifest import read_manifest, split_shard_files
+from mindrecords.manifest import manifest_rows, split_shard_files
 from mindrecords.schema import decode_label
 from settings.schema import Config
 
@@ -42,7 +42,7 @@ def eval_dataset(cfg: Config, data_root, split: str, with_raw: bool = False, max
     """The split's images in shard order (deterministic, no shuffling, one pass); rank `rank` of
     `group_size` reads its share (`eval_indices`)."""
     files = split_shard_files(data_root, split)
-    n_images = read_manifest(data_root, split, columns=["id"]).num_rows
+    n_images = manifest_rows(data_root, split)
     workers = max(1, cfg.data.num_parallel_workers)
     data = ds.MindDataset(files, columns_list=COLUMNS, num_parallel_workers=workers,
                           sampler=ds.SubsetSampler(eval_indices(n_images, max_images, rank, group_size)))

@@ -1,13 +1,21 @@
-"""`inspect-pipeline`: augmented training samples as [image | label overlay] PNGs."""
+"""`inspect-pipeline`: augmented training samples as [image | label overlay] PNGs.
+
+The PNGs are written into a hidden sibling of OUT and swapped in whole (base/ownership.py): an
+existing OUT is replaced only if it is empty or provably an earlier inspection, so a user's
+`sample_000.png` is never overwritten.
+"""
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from base.atomic import write_png_atomic
+from base.atomic import check_can_create_dir, write_png_atomic
 from base.overlay import overlay
+from base.ownership import make_staging, swap_in, why_not_replaceable
+from mindrecords.manifest import MindRecordError
 from mindrecords.reader import read_batches
 from mindrecords.train_pipeline import train_dataset
 from settings.schema import Config
@@ -19,23 +27,43 @@ def panel(image: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
     return np.concatenate([image, overlay(image, label, cfg.data.ignore_index)], axis=1)
 
 
+KIND = "inspection"
+
+
+def check_inspection_dir(out_dir) -> None:
+    """MindRecordError before any work (creating nothing) if `out_dir` may not be replaced."""
+    out = Path(out_dir)
+    reason = why_not_replaceable(out, KIND)
+    if reason is not None:
+        raise MindRecordError(f"{out}: {reason}; choose another folder")
+    try:
+        check_can_create_dir(out.parent)
+    except OSError as err:
+        raise MindRecordError(f"{out}: cannot write here ({err.strerror or err})") from None
+
+
 def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> list:
-    """Write `n` augmented training samples as `sample_NNN.png` into `out_dir` (each atomically).
+    """Write `n` augmented training samples as `sample_NNN.png`; `out_dir` appears complete or not at all.
 
     Samples come one at a time (batch size 1) from the real pipeline.
     """
+    check_inspection_dir(out_dir)
     cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = 1
     data = train_dataset(cfg, data_root)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for image, label, _ in read_batches(data, data_root, cfg.data.train_split, "inspect-pipeline", output_numpy=True):
-        path = out / f"sample_{len(written):03d}.png"
-        write_png_atomic(path, panel(image[0], label[0], cfg))
-        written.append(path)
-        if progress is not None:
-            progress.update(1)
-        if len(written) == n:
-            break
-    return written
+    staging = make_staging(out)
+    try:
+        names = []
+        for image, label, _ in read_batches(data, data_root, cfg.data.train_split, "inspect-pipeline",
+                                            output_numpy=True):
+            names.append(f"sample_{len(names):03d}.png")
+            write_png_atomic(staging / names[-1], panel(image[0], label[0], cfg))
+            if progress is not None:
+                progress.update(1)
+            if len(names) == n:
+                break
+        swap_in(staging, out, KIND)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in names]

@@ -1,26 +1,48 @@
 """A built split's manifest: reading it, writing it (with summary.json), finding the shards it lists.
 
-`split_shard_files` is what every consumer (training, evaluation) calls: it refuses a split
-that was never built, whose build did not finish (no manifest), or whose shard files are missing.
+`split_shard_files` is what every consumer (training, evaluation, inspection) calls: it refuses a
+split that was never built, whose build did not finish (no manifest), whose shard files are missing
+or whose `.db` indexes are damaged. Every read is bounded and validated (`read_manifest`): a split
+name must be a plain name, the row count must be backed by the shards' indexes, strings are short,
+and the fields that become paths (`schema.check_path_field`) are safe.
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from base.atomic import write_bytes_atomic
-from mindrecords.schema import MANIFEST, PIXEL_COLUMNS, STATE_DIR, SUMMARY
+from mindrecords.schema import (MANIFEST, PATH_FIELDS, PIXEL_COLUMNS, STATE_DIR, SUMMARY, check_path_field,
+                                check_split_name, is_shard_name)
 
 
 class MindRecordError(Exception):
     """A built split that is missing, incomplete or damaged; the message names the file."""
 
 
-def read_manifest(out_dir, split: str, columns=None):
-    """The split's manifest as a pyarrow Table (one row per sample, in shard order)."""
+# A manifest of up to this many rows is read as it is (its rows fit in memory many times over); a
+# larger one must be backed by as many records in the shards' indexes, so a small damaged or
+# crafted file cannot declare millions of rows and take gigabytes to read.
+_ROWS_READ_UNCHECKED = 50_000
+_MAX_ROW_BYTES = 4096     # unpacked; an honest row needs a fraction of it
+_MAX_PAGE_BYTES = 1 << 20  # what a manifest of a few rows may unpack to beyond that (per-column overhead)
+_MAX_STRING_CHARS = 4096   # ids, cities and source paths are short
+
+
+def _split_dir(out_dir, split: str) -> Path:
+    try:
+        check_split_name(split)
+    except ValueError as err:
+        raise MindRecordError(f"{out_dir}: {err}") from None
+    return Path(out_dir) / split
+
+
+def _manifest_file(out_dir, split: str):
+    """The split's manifest as an open `pyarrow.parquet.ParquetFile`, its size checked (footer only)."""
     import pyarrow.parquet as pq
 
-    split_dir = Path(out_dir) / split
+    split_dir = _split_dir(out_dir, split)
     path = split_dir / MANIFEST
     if not split_dir.is_dir():
         raise MindRecordError(f"{split_dir}: split {split!r} was never built (run build-mindrecord)")
@@ -28,24 +50,132 @@ def read_manifest(out_dir, split: str, columns=None):
         raise MindRecordError(f"{path}: missing; the build of split {split!r} did not finish "
                               "(rerun build-mindrecord)")
     try:
-        return pq.read_table(path, columns=columns)
+        manifest = pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise MindRecordError(f"{path}: unreadable manifest ({err})") from None
+    meta = manifest.metadata
+    unpacked = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+    if unpacked > meta.num_rows * _MAX_ROW_BYTES + _MAX_PAGE_BYTES:
+        raise MindRecordError(f"{path}: damaged manifest: {unpacked} bytes unpacked for {meta.num_rows} rows")
+    if meta.num_rows > _ROWS_READ_UNCHECKED:
+        held = _held_records(split_dir, split)
+        if meta.num_rows > held:
+            raise MindRecordError(f"{path}: damaged manifest: declares {meta.num_rows} rows, but the shard "
+                                  f"indexes in {split_dir} hold {held} records (rebuild with build-mindrecord)")
+    return manifest
+
+
+def manifest_rows(out_dir, split: str) -> int:
+    """The split's number of samples, from the manifest's footer (no column is read)."""
+    return _manifest_file(out_dir, split).metadata.num_rows
+
+
+def read_manifest(out_dir, split: str, columns=None):
+    """The split's manifest as a pyarrow Table (one row per sample, in shard order).
+
+    Bounded: the row count is checked against the shards first (`_manifest_file`), strings are read
+    dictionary-encoded and their lengths checked before they are expanded. Every path field
+    (`schema.PATH_FIELDS`) and shard name read is validated: a damaged or crafted manifest is a
+    `MindRecordError` naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = _manifest_file(out_dir, split)
+    path = Path(out_dir) / split / MANIFEST
+    schema = manifest.schema_arrow
+    checked = [name for name in (*PATH_FIELDS, "shard") if name in schema.names]
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *checked]))
+    strings = [f.name for f in schema if pa.types.is_string(f.type) and (wanted is None or f.name in wanted)]
+    try:
+        table = pq.read_table(path, columns=wanted, read_dictionary=strings)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise MindRecordError(f"{path}: unreadable manifest ({err})") from None
+    try:
+        for name in set(strings) | set(checked):
+            _check_column(table.column(name), name, name in strings, name in checked, split)
+    except ValueError as err:
+        raise MindRecordError(f"{path}: damaged manifest: {err}") from None
+    table = table.cast(pa.schema([pa.field(f.name, pa.string()) if f.name in strings else f for f in table.schema],
+                                 metadata=table.schema.metadata))
+    return table if columns is None else table.select(columns)
+
+
+def _check_column(column, name: str, dictionary: bool, path_field: bool, split: str) -> None:
+    """ValueError unless every value of a string column (read dictionary-encoded) is short and, for a
+    path field or the shard, safe to join under a folder."""
+    import pyarrow.compute as pc
+
+    if not dictionary:
+        raise ValueError(f"column {name} holds {column.type}, not strings")
+    for chunk in column.chunks:
+        values = chunk.dictionary
+        longest = pc.max(pc.utf8_length(values)).as_py() or 0
+        if longest > _MAX_STRING_CHARS:
+            raise ValueError(f"column {name} holds a {longest}-character value")
+        for value in values.to_pylist() if path_field else ():
+            check_path_field(name, value, f"column {name}")
+            if name == "shard" and not is_shard_name(split, value):
+                raise ValueError(f"column shard: {value!r} is not a shard name of split {split!r}")
+
+
+def _index(db: Path) -> tuple[list, int]:
+    """(shard names, record count) a shard's `.db` index holds; sqlite3.Error if it is no MindRecord index."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        names = [name for (name,) in conn.execute("SELECT NAME FROM SHARD_NAME").fetchmany(2)]
+        return names, conn.execute("SELECT count(*) FROM INDEXES").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _held_records(split_dir: Path, split: str) -> int:
+    """How many records the split's shard indexes hold together (an unreadable one: none)."""
+    import sqlite3
+
+    held = 0
+    for db in split_dir.glob(f"{split}.mindrecord*.db"):
+        if is_shard_name(split, db.name[:-3]):
+            try:
+                held += _index(db)[1]
+            except sqlite3.Error:
+                pass
+    return held
+
+
+def check_shard(path: Path, records: int) -> None:
+    """MindRecordError naming the file unless the shard and its `.db` exist and the index belongs to
+    this shard and lists `records` records: what MindSpore's readers would otherwise report as a
+    bare C++ error (or a traceback) when the pipeline starts."""
+    import sqlite3
+
+    db = Path(f"{path}.db")
+    for part in (path, db):
+        if not part.is_file():
+            raise MindRecordError(f"{part}: missing shard file listed in {path.parent / MANIFEST}")
+    try:
+        names, count = _index(db)
+    except sqlite3.Error as err:
+        raise MindRecordError(f"{db}: damaged shard index ({err}); rebuild the split with build-mindrecord") from None
+    if names != [path.name]:
+        raise MindRecordError(f"{db}: damaged shard index: it names the shard {names[:1]}, not {path.name!r}")
+    if count != records:
+        raise MindRecordError(f"{db}: damaged shard index: {count} records, the manifest lists {records}")
 
 
 def split_shard_files(out_dir, split: str) -> list[str]:
-    """Sorted shard paths of a built split, each checked to exist with its `.db` index."""
-    split_dir = Path(out_dir) / split
-    names = sorted(set(read_manifest(out_dir, split, columns=["shard"]).column("shard").to_pylist()))
-    if not names:
+    """Sorted shard paths of a built split, each checked (`check_shard`) against the manifest,
+    whose path fields are validated on the way."""
+    split_dir = _split_dir(out_dir, split)
+    table = read_manifest(out_dir, split, columns=["shard", *PATH_FIELDS])
+    counts = Counter(table.column("shard").to_pylist())
+    if not counts:
         raise MindRecordError(f"{split_dir / MANIFEST}: lists no shards")
     files = []
-    for name in names:
-        path = split_dir / name
-        for part in (path, Path(f"{path}.db")):
-            if not part.is_file():
-                raise MindRecordError(f"{part}: missing shard file listed in {split_dir / MANIFEST}")
-        files.append(str(path))
+    for name in sorted(counts):
+        check_shard(split_dir / name, counts[name])
+        files.append(str(split_dir / name))
     return files
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from base.errors import mindspore_detail
 from mindrecords.manifest import MindRecordError
+from mindrecords.schema import PATH_FIELDS, check_path_field
 from mindrecords.verify import find_damage
 
 
@@ -24,18 +25,24 @@ def reading_error(data_root, split: str, where: str, err: Exception, start_row: 
 def read_batches(data, data_root, split: str, where: str, output_numpy: bool = False, as_dict: bool = False,
                  in_manifest_order: bool = False):
     """The dataset's rows (tuples, or dicts with `as_dict`); a read failure becomes `reading_error`.
+    A dict row's path fields (`schema.PATH_FIELDS`, e.g. the `city` and `id` prediction files are
+    named after) are validated: a record with an unsafe one is reported as damage, never used.
 
     `in_manifest_order`: the rows follow the manifest (evaluation), so the search for the damage
     starts at the shard of the first row not yet yielded."""
     make = data.create_dict_iterator if as_dict else data.create_tuple_iterator
-    rows = make(num_epochs=1, output_numpy=output_numpy)
-    done = 0
+    rows, done = None, 0
     while True:
         try:
+            if rows is None:  # creating the iterator already opens the shards
+                rows = make(num_epochs=1, output_numpy=output_numpy)
             row = next(rows)
+            for key in PATH_FIELDS if as_dict else ():
+                if key in row:
+                    check_path_field(key, str(row[key]), f"record {done}")
         except StopIteration:
             return
-        except RuntimeError as err:
+        except (RuntimeError, ValueError) as err:
             raise reading_error(data_root, split, f"{where} after {done} rows", err,
                                 done if in_manifest_order else 0) from None
         done += 1

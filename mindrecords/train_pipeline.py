@@ -43,7 +43,7 @@ import numpy as np
 
 from settings.schema import Config
 from mindrecords.augment import PadToCrop, Photometric, ScaleCropPhotometric
-from mindrecords.manifest import MindRecordError, read_manifest, split_shard_files
+from mindrecords.manifest import MindRecordError, manifest_rows, read_manifest, split_shard_files
 
 
 class _SampleSeeds:
@@ -139,5 +139,5 @@ def train_dataset(cfg: Config, data_root, rank: int = 0, group_size: int = 1,
     """
     split = cfg.data.train_split
     files = split_shard_files(data_root, split)
-    n_samples = read_manifest(data_root, split, columns=["id"]).num_rows
+    n_samples = manifest_rows(data_root, split)
     return build_train_dataset(cfg, files, n_samples, rank, group_size, epoch_seed)

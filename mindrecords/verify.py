@@ -12,9 +12,11 @@ import numpy as np
 
 from base.checksums import crc32_hex
 from base.errors import mindspore_detail
+from base.images import ImageError, decode_image, read_info
 from base.labels import IGNORE, NUM_CLASSES
-from mindrecords.manifest import MindRecordError, built_splits, read_manifest, rows_by_shard
-from mindrecords.schema import MANIFEST, PIXEL_COLUMNS, SUMMARY
+from mindrecords.manifest import MindRecordError, built_splits, manifest_rows, read_manifest, rows_by_shard
+from mindrecords.schema import (MANIFEST, PATH_FIELDS, PIXEL_COLUMNS, SUMMARY, check_path_field, decode_label,
+                                is_shard_name)
 
 
 @dataclass
@@ -23,16 +25,45 @@ class SplitReport:
     records: int = 0
     shards: int = 0
     problems: list = field(default_factory=list)  # (file, message)
+    notes: list = field(default_factory=list)     # (file, message): not the build's, left alone
 
     def add(self, path, message: str) -> None:
         self.problems.append((str(path), message))
 
 
-def _check_record(rec: dict, expect: dict, report: SplitReport, shard: Path) -> None:
-    import cv2
+def _stored_label(rec: dict, where: str, report: SplitReport, shard: Path):
+    """The record's label (H, W) uint8 if its image and label decode (base/images.py) as the
+    pipelines read them, at the recorded size; else None, the problems added to `report`."""
+    h, w = int(rec["height"]), int(rec["width"])
+    try:
+        info = read_info(rec["image"], f"{where} image")
+        if info.format not in ("PNG", "JPEG") or (info.mode, info.bits) != ("RGB", 8):
+            report.add(shard, f"{where}: image is a {info.describe()}; records hold 8-bit RGB PNG or JPEG")
+        elif (info.height, info.width) != (h, w):
+            report.add(shard, f"{where}: image size {info.height}x{info.width} != ({h}, {w})")
+        else:
+            decode_image(rec["image"], f"{where} image")
+    except ImageError as err:
+        report.add(shard, f"{where}: image bytes do not decode ({err.reason})")
+    try:
+        label = decode_label(rec["label"])
+    except ValueError as err:
+        report.add(shard, f"{where}: label bytes do not decode ({err})")
+        return None
+    if label.shape != (h, w):
+        report.add(shard, f"{where}: label size {label.shape} != ({h}, {w})")
+        return None
+    return label
 
+
+def _check_record(rec: dict, expect: dict, report: SplitReport, shard: Path) -> None:
     rid = rec["id"]
     where = f"record {rid!r}"
+    for key in PATH_FIELDS:  # they become prediction paths (`labelIds/{city}/{id}.png`)
+        try:
+            check_path_field(key, rec[key], where)
+        except ValueError as err:
+            report.add(shard, str(err))
     for key in ("city", "height", "width"):
         if rec[key] != expect[key]:
             report.add(shard, f"{where}: {key} {rec[key]!r} != manifest {expect[key]!r}")
@@ -42,18 +73,8 @@ def _check_record(rec: dict, expect: dict, report: SplitReport, shard: Path) -> 
         crc = crc32_hex(rec[key])
         if f"{key}_crc32" in expect and crc != expect[f"{key}_crc32"]:
             report.add(shard, f"{where}: {key} bytes damaged (CRC-32 {crc}, built as {expect[f'{key}_crc32']})")
-    h, w = int(rec["height"]), int(rec["width"])
-    image = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        report.add(shard, f"{where}: image bytes do not decode")
-    elif image.shape[:2] != (h, w) or image.ndim != 3 or image.shape[2] != 3:
-        report.add(shard, f"{where}: image shape {image.shape} != ({h}, {w}, 3)")
-    label = cv2.imdecode(np.frombuffer(rec["label"], np.uint8), cv2.IMREAD_UNCHANGED)
+    label = _stored_label(rec, where, report, shard)
     if label is None:
-        report.add(shard, f"{where}: label bytes do not decode")
-        return
-    if label.ndim != 2 or label.dtype != np.uint8 or label.shape != (h, w):
-        report.add(shard, f"{where}: label {label.dtype} {label.shape} is not single-channel uint8 ({h}, {w})")
         return
     counts = np.bincount(label.ravel(), minlength=256)
     bad = [i for i in np.flatnonzero(counts) if i >= NUM_CLASSES and i != IGNORE]
@@ -81,20 +102,38 @@ def verify_split(out_dir, split: str, progress=None) -> SplitReport:
     rows = table.to_pylist()
     by_shard = rows_by_shard(rows)
     report.shards = len(by_shard)
-    listed = set(by_shard)
-    for stray in sorted(p.name for p in split_dir.glob(f"{split}.mindrecord*") if not p.name.endswith(".db")):
-        if stray not in listed:
-            report.add(split_dir / stray, "shard not listed in the manifest")
-    summary_path = split_dir / SUMMARY
-    if not summary_path.is_file():
-        report.add(summary_path, "missing")
-    else:
-        summary = json.loads(summary_path.read_text())
-        if summary.get("samples") != len(rows):
-            report.add(summary_path, f"samples {summary.get('samples')} != manifest rows {len(rows)}")
+    _check_folder(split_dir, split, set(by_shard), report)
+    _check_summary(split_dir / SUMMARY, len(rows), report)
     for name in sorted(by_shard):
         report.records += _verify_shard(split_dir / name, by_shard[name], report, progress)
     return report
+
+
+def _check_folder(split_dir: Path, split: str, listed: set, report: SplitReport) -> None:
+    """A shard the manifest does not list is a problem; any other file in the split folder is
+    someone else's (a user's notes, a backup): noted, never a problem, never touched."""
+    ours = listed | {f"{n}.db" for n in listed} | {MANIFEST, SUMMARY}
+    for path in sorted(split_dir.iterdir()):
+        name = path.name
+        if name in ours or name.startswith("."):
+            continue
+        if is_shard_name(split, name) or (name.endswith(".db") and is_shard_name(split, name[:-3])):
+            report.add(path, "shard not listed in the manifest")
+        else:
+            report.notes.append((str(path), "not written by build-mindrecord (left alone)"))
+
+
+def _check_summary(path: Path, rows: int, report: SplitReport) -> None:
+    if not path.is_file():
+        report.add(path, "missing")
+        return
+    try:
+        samples = json.loads(path.read_text()).get("samples")
+    except (OSError, ValueError, AttributeError) as err:
+        report.add(path, f"unreadable ({err})")
+        return
+    if samples != rows:
+        report.add(path, f"samples {samples} != manifest rows {rows}")
 
 
 def _verify_shard(path: Path, expected: list, report: SplitReport, progress=None) -> int:
@@ -162,7 +201,7 @@ def verify_output(out_dir, splits=None, progress_factory=None) -> list[SplitRepo
     for split in splits:
         total = 0
         try:
-            total = read_manifest(out, split, columns=["id"]).num_rows
+            total = manifest_rows(out, split)
         except MindRecordError:
             pass
         progress = progress_factory(total, f"verify {split}") if progress_factory else None

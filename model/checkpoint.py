@@ -1,20 +1,38 @@
 """Model checkpoints: `.ckpt` + the config beside it (CKPT with suffix .yaml).
 
 Training checkpoints may hold non-model entries; their keys start with `optimizer.` or
-`state.` and are ignored here. Anything else that is not a model parameter is an error.
+`state.` and are ignored here. Every checkpoint written here also holds the resolved config it
+was saved with (`CONFIG_ENTRY`, YAML text): loading compares the given config's model with it,
+so a config that builds a network of the same shapes but computes something else (other head
+count, other pixel statistics) is refused. Checkpoints older than that entry are checked against
+what their shapes imply. Anything else that is not a model parameter is an error, and so is a
+weight that is NaN or infinite.
 """
 from __future__ import annotations
 
+import errno
+import operator
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import mindspore as ms
 
-from settings.files import config_beside, save_config
 from base.atomic import atomic_path
+from base.messages import cut, short_repr
+from settings.files import config_beside, config_text, parse_yaml, save_checkpoint_config, written_by_us
+from settings.schema import Config, ConfigError, config_from_dict
 from model.segmenter import build_segmenter
 
-NON_MODEL_PREFIXES = ("optimizer.", "state.")
+EXTRA_PREFIXES = ("optimizer.", "state.")
+CONFIG_ENTRY = "config.yaml"
+NON_MODEL_PREFIXES = EXTRA_PREFIXES + ("config.",)
+# The model.* keys that decide what the weights compute (dropout rates and `pretrained` may differ).
+MODEL_IDENTITY = ("patch_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "n_cls", "image_size", "mean", "std",
+                  "decoder.name", "decoder.n_layers")
 
 
 class CheckpointError(ValueError):
@@ -27,8 +45,16 @@ def _names(names, limit=8):
     return ", ".join(names[:limit]) + more
 
 
+def check_finite(arrays: dict, source: str) -> None:
+    """CheckpointError naming the first tensor (sorted by name) that holds NaN or infinity."""
+    for name in sorted(arrays):
+        if not np.isfinite(arrays[name]).all():
+            raise CheckpointError(f"{source}: tensor {name} holds NaN/inf")
+
+
 def match_parameters(net, tensors: dict, source: str) -> dict:
-    """Check `tensors` (name -> array) covers every parameter of `net` with its shape, nothing else.
+    """Check `tensors` (name -> array) covers every parameter of `net` with its shape, nothing else,
+    every value finite.
 
     Returns name -> float32 numpy array. Raises CheckpointError listing every offending name.
     """
@@ -46,12 +72,76 @@ def match_parameters(net, tensors: dict, source: str) -> dict:
         problems.append(f"wrong shape {len(shaped)}: {_names(shaped)}")
     if problems:
         raise CheckpointError(f"{source}: does not match the model of the config; " + "; ".join(problems))
-    return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    check_finite(arrays, source)
+    return arrays
 
 
 def assign_parameters(net, arrays: dict) -> None:
     for p in net.get_parameters():
         p.set_data(ms.Tensor(arrays[p.name]))
+
+
+def _blocks(shapes: dict, prefix: str) -> int:
+    return len({k[len(prefix):].split(".", 1)[0] for k in shapes if k.startswith(prefix)})
+
+
+def check_implied(model, shapes: dict, source: str) -> None:
+    """Compare `model` (ModelConfig) with the numbers the weight shapes (name -> shape) imply,
+    before a network is built: a config far larger than the weights never allocates."""
+    facts = []  # (key, the config's value, the weights' value, evidence)
+
+    def fact(key, configured, name, rank, implied):
+        shape = shapes.get(name)
+        if shape is not None and len(shape) == rank:
+            facts.append((key, configured, implied(shape), f"{name} {shape}"))
+
+    p = model.patch_size
+    fact("model.d_model", model.d_model, "encoder.cls_token", 3, lambda s: s[2])
+    fact("model.patch_size", p, "encoder.patch_embed.proj.weight", 4, lambda s: s[2])
+    fact("model.mlp_ratio", model.mlp_ratio, "encoder.blocks.0.mlp.fc1.weight", 2, lambda s: s[0] / max(s[1], 1))
+    fact("model.image_size / model.patch_size (positions)", (model.image_size[0] // p) * (model.image_size[1] // p),
+         "encoder.pos_embed", 3, lambda s: s[1] - 1)
+    fact("model.n_cls", model.n_cls, "decoder.cls_emb", 3, lambda s: s[1])
+    fact("model.n_cls", model.n_cls, "decoder.head.weight", 2, lambda s: s[0])
+    if any(k.startswith("encoder.") for k in shapes):
+        facts.append(("model.n_layers", model.n_layers, _blocks(shapes, "encoder.blocks."), "encoder.blocks.N"))
+    for name, decoder in (("decoder.head.weight", "linear"), ("decoder.cls_emb", "mask_transformer")):
+        if name in shapes:
+            facts.append(("model.decoder.name", model.decoder.name, decoder, name))
+    if "decoder.cls_emb" in shapes:
+        facts.append(("model.decoder.n_layers", model.decoder.n_layers, _blocks(shapes, "decoder.blocks."),
+                      "decoder.blocks.N"))
+    wrong = [f"{key} is {short_repr(mine)} in the config, the weights imply {short_repr(theirs)} ({evidence})"
+             for key, mine, theirs, evidence in facts if mine != theirs]
+    if wrong:
+        raise CheckpointError(f"{source}: does not match the model of the config: " + "; ".join(wrong))
+
+
+def stored_config(entries: dict, source) -> Config | None:
+    """The config a checkpoint was saved with (its `CONFIG_ENTRY`); None for older checkpoints."""
+    text = entries.get(CONFIG_ENTRY)
+    if text is None:
+        return None
+    where = f"{source} (entry {CONFIG_ENTRY})"
+    if not isinstance(text, str):
+        raise CheckpointError(f"{where}: expected the config as text")
+    try:
+        return config_from_dict(parse_yaml(text, where) or {}, where)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def check_same_model(cfg: Config, saved: Config, source) -> None:
+    """CheckpointError naming every MODEL_IDENTITY key whose value differs between `cfg` and `saved`."""
+    wrong = []
+    for key in MODEL_IDENTITY:
+        mine, theirs = operator.attrgetter(key)(cfg.model), operator.attrgetter(key)(saved.model)
+        if mine != theirs:
+            wrong.append(f"model.{key} is {short_repr(mine)} in the config, {short_repr(theirs)} in the checkpoint")
+    if wrong:
+        raise CheckpointError(f"{source}: does not match the model of the config: " + "; ".join(wrong)
+                              + " (the checkpoint holds the config it was saved with)")
 
 
 def load_model(ckpt_path, cfg):
@@ -62,31 +152,82 @@ def load_model(ckpt_path, cfg):
     try:
         raw = ms.load_checkpoint(str(path))
     except Exception as err:  # MindSpore raises ValueError/RuntimeError on corrupt files
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({cut(str(err).splitlines()[0])})") \
+            from None
+    saved = stored_config(raw, path)
+    if saved is not None:
+        check_same_model(cfg, saved, path)
+    odd = [k for k, v in raw.items() if not k.startswith(NON_MODEL_PREFIXES) and not isinstance(v, ms.Tensor)]
+    if odd:
+        raise CheckpointError(f"{path}: entry {short_repr(odd[0])} is not a tensor")
     tensors = {k: v.asnumpy() for k, v in raw.items() if not k.startswith(NON_MODEL_PREFIXES)}
+    check_implied(cfg.model, {k: v.shape for k, v in tensors.items()}, str(path))
     net = build_segmenter(cfg.model)
     assign_parameters(net, match_parameters(net, tensors, str(path)))
     net.set_train(False)
     return net
 
 
-def save_model(net, ckpt_path, cfg, extra: dict | None = None) -> None:
-    """Write CKPT atomically and its config beside it; `extra` keys must start with optimizer./state."""
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_checkpoint_target(ckpt_path, inputs=()) -> None:
+    """Refuse (FileExistsError naming the file) to write CKPT or its config over one of `inputs`
+    (compared as files, so another spelling or a link is caught), or the config over a file this
+    project did not write (a user's, or one a user edited)."""
     path = Path(ckpt_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bad = [k for k in (extra or {}) if not k.startswith(NON_MODEL_PREFIXES)]
+    companion = config_beside(path)
+    for target in (path, companion):
+        if any(_same_file(target, source) for source in inputs):
+            raise FileExistsError(errno.EEXIST, "is an input of this command; choose another --out", str(target))
+    if companion.is_symlink() or (companion.exists() and not written_by_us(companion)):
+        raise FileExistsError(errno.EEXIST, "exists and was not written by convert-weights or train (move it, or "
+                                            "choose another --out)", str(companion))
+
+
+@contextmanager
+def _mindspore_output(path: Path, suffix: str):
+    """A name for MindSpore to write `path` under, inside a private folder beside it: MindSpore
+    adds temporary files of its own next to the name it is given, and removing the folder takes
+    them all, on success or failure. The finished file replaces `path` atomically."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as err:  # name the file the user asked for, not the private folder
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    try:
+        with atomic_path(path, suffix) as tmp:
+            inner = folder / tmp.name
+            yield inner
+            os.replace(inner, tmp)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def save_model(net, ckpt_path, cfg, extra: dict | None = None, inputs=()) -> None:
+    """Write CKPT atomically, with `cfg` inside it (CONFIG_ENTRY) and beside it (CKPT with suffix
+    .yaml, marked as ours); `extra` keys must start with optimizer./state. Refused before writing
+    (`check_checkpoint_target`) over one of `inputs` or over a .yaml this project did not write."""
+    path = Path(ckpt_path)
+    bad = [k for k in (extra or {}) if not k.startswith(EXTRA_PREFIXES)]
     if bad:
-        raise ValueError(f"save_model: extra keys must start with {' or '.join(NON_MODEL_PREFIXES)}: {bad}")
-    with atomic_path(path) as tmp:
-        ms.save_checkpoint(net, str(tmp), append_dict=dict(extra) if extra else None)
-        save_config(cfg, config_beside(path))
+        raise ValueError(f"save_model: extra keys must start with {' or '.join(EXTRA_PREFIXES)}: {bad}")
+    check_checkpoint_target(path, inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = {**(extra or {}), CONFIG_ENTRY: config_text(cfg)}
+    with _mindspore_output(path, ".ckpt") as tmp:
+        ms.save_checkpoint(net, str(tmp), append_dict=entries)
+        save_checkpoint_config(cfg, config_beside(path))
 
 
 def export_mindir(net, out_path, height: int, width: int) -> None:
     """MindIR of `net` for a fixed (1,3,H,W) input, written atomically."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out, suffix=".mindir") as tmp:
+    with _mindspore_output(out, ".mindir") as tmp:
         # MindSpore appends ".mindir" to file_name itself.
         ms.export(net, ms.Tensor(np.zeros((1, 3, height, width), np.float32)), file_name=str(tmp)[:-len(".mindir")],
                   file_format="MINDIR")

@@ -10,11 +10,12 @@ import copy
 from pathlib import Path
 
 import numpy as np
-import yaml
 import mindspore as ms
 
+from base.messages import short_repr
+from settings.files import StrictLoader, load_config_files, read_yaml
 from settings.schema import Config, ConfigError, config_from_dict, config_to_dict
-from model.checkpoint import CheckpointError, assign_parameters, match_parameters, save_model
+from model.checkpoint import CheckpointError, assign_parameters, check_checkpoint_target, match_parameters, save_model
 from base.resize import resize_bilinear
 from model.npz_reader import NpzError, read_npz
 from model.segmenter import build_segmenter
@@ -29,69 +30,83 @@ UNUSED_RELEASE_PREFIXES = ("encoder.head.",)  # the ViT's ImageNet classifier, n
 UNUSED_NPZ_PREFIXES = ("head/", "pre_logits/")
 
 
-class _VariantLoader(yaml.SafeLoader):
-    """Safe YAML plus the `!!python/tuple` tag official variant.yml files use (read as a list)."""
+class _VariantLoader(StrictLoader):
+    """The project's strict YAML loader plus the `!!python/tuple` tag official variant.yml files use
+    (read as a list)."""
 
 
 _VariantLoader.add_constructor("tag:yaml.org,2002:python/tuple",
                                lambda loader, node: loader.construct_sequence(node))
 
+_REQUIRED = object()
+_NUMBER = (int, float)
+_KINDS = {str: "a string", int: "an integer", dict: "a mapping", bool: "true/false", list: "a list",
+          _NUMBER: "a number", (int, list): "an integer or [H, W]"}
 
-def _variant_value(variant: dict, path: str, source: Path):
-    node = variant
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"{source}: missing key {path!r}")
+
+def _variant_value(variant: dict, path: str, source: Path, types, default=_REQUIRED):
+    """variant[path] (dotted) if it is of `types`; `default` if it (or its section) is absent or null."""
+    node, parts = variant, path.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: {'.'.join(parts[:depth])}: expected a mapping, got {short_repr(node)}")
+        if node.get(part) is None:
+            if default is _REQUIRED:
+                raise ConfigError(f"{source}: missing key {path!r}")
+            return default
         node = node[part]
+    wanted = types if isinstance(types, tuple) else (types,)
+    if not isinstance(node, wanted) or (isinstance(node, bool) and bool not in wanted):
+        raise ConfigError(f"{source}: {path}: expected {_KINDS[types]}, got {short_repr(node)}")
     return node
+
+
+def _variant_image_size(variant: dict, source: Path) -> list:
+    size = _variant_value(variant, "net_kwargs.image_size", source, (int, list))
+    size = [size, size] if isinstance(size, int) else size
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise ConfigError(f"{source}: net_kwargs.image_size: expected an integer or [H, W], got {short_repr(size)}")
+    return size
 
 
 def config_from_variant(variant_path, base: Config | None = None) -> Config:
     """A project config whose model (and eval/crop/optimizer settings) come from an official variant.yml."""
-    variant_path = Path(variant_path)
-    try:
-        variant = yaml.load(variant_path.read_text(), Loader=_VariantLoader)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{variant_path}: not valid YAML: {err}") from None
+    source = Path(variant_path)
+    variant = read_yaml(source, _VariantLoader)
     if not isinstance(variant, dict):
-        raise ConfigError(f"{variant_path}: expected a mapping")
-    net = _variant_value(variant, "net_kwargs", variant_path)
-    if net.get("distilled"):
-        raise ConfigError(f"{variant_path}: distilled (DeiT) backbones are not supported")
-    norm = _variant_value(variant, "net_kwargs.normalization", variant_path)
+        raise ConfigError(f"{source}: expected a mapping, got {type(variant).__name__}")
+
+    def get(path, types, default=_REQUIRED):
+        return _variant_value(variant, path, source, types, default)
+
+    if get("net_kwargs.distilled", bool, False):
+        raise ConfigError(f"{source}: distilled (DeiT) backbones are not supported")
+    norm = get("net_kwargs.normalization", str)
     if norm not in NORMALIZATION:
-        raise ConfigError(f"{variant_path}: unknown normalization {norm!r} (known: {', '.join(NORMALIZATION)})")
+        raise ConfigError(f"{source}: unknown normalization {short_repr(norm)} (known: {', '.join(NORMALIZATION)})")
     mean, std = NORMALIZATION[norm]
-    dec = _variant_value(variant, "net_kwargs.decoder", variant_path)
+    image_size = _variant_image_size(variant, source)
+    dec_name = get("net_kwargs.decoder.name", str)
+    dec_name = "linear" if "linear" in dec_name else dec_name
     data = config_to_dict(base or Config())
-    image_size = _variant_value(variant, "net_kwargs.image_size", variant_path)
-    if isinstance(image_size, int):
-        image_size = [image_size, image_size]
-    dec_name = "linear" if "linear" in str(dec.get("name")) else dec.get("name")
-    decoder = config_to_dict(Config()).get("model")["decoder"]
-    decoder.update(name=dec_name, n_layers=dec.get("n_layers", 0 if dec_name == "linear" else decoder["n_layers"]),
-                   dropout=float(dec.get("dropout", decoder["dropout"])),
-                   drop_path_rate=float(dec.get("drop_path_rate", decoder["drop_path_rate"])))
-    required = {k: _variant_value(variant, f"net_kwargs.{k}", variant_path)
-                for k in ("backbone", "patch_size", "d_model", "n_layers", "n_heads", "n_cls")}
+    decoder = config_to_dict(Config())["model"]["decoder"]
+    decoder.update(name=dec_name,
+                   n_layers=get("net_kwargs.decoder.n_layers", int, 0 if dec_name == "linear" else decoder["n_layers"]),
+                   **{k: get(f"net_kwargs.decoder.{k}", _NUMBER, decoder[k]) for k in ("dropout", "drop_path_rate")})
     data["model"].update(
-        **required, image_size=list(image_size), mlp_ratio=4,
-        dropout=float(net.get("dropout", 0.0)), drop_path_rate=float(net.get("drop_path_rate", 0.0)),
+        **{k: get(f"net_kwargs.{k}", int) for k in ("patch_size", "d_model", "n_layers", "n_heads", "n_cls")},
+        backbone=get("net_kwargs.backbone", str), image_size=image_size, mlp_ratio=4,
+        dropout=get("net_kwargs.dropout", _NUMBER, 0.0), drop_path_rate=get("net_kwargs.drop_path_rate", _NUMBER, 0.0),
         mean=[m * 255 for m in mean], std=[s * 255 for s in std], decoder=decoder, pretrained=None)
-    inf = variant.get("inference_kwargs") or {}
     for key, name in (("window_size", "window_size"), ("window_stride", "window_stride"), ("im_size", "infer_size")):
-        if key in inf:
-            data["eval"][name] = inf[key]
-    data["data"]["crop_size"] = int(image_size[0])
-    opt = variant.get("optimizer_kwargs") or {}
+        data["eval"][name] = get(f"inference_kwargs.{key}", int, data["eval"][name])
+    data["data"]["crop_size"] = image_size[0]
     for key, section, name in (("lr", "optimizer", "lr"), ("momentum", "optimizer", "momentum"),
                                ("weight_decay", "optimizer", "weight_decay"), ("min_lr", "schedule", "min_lr"),
                                ("poly_power", "schedule", "power")):
-        if opt.get(key) is not None:
-            data["train"][section][name] = float(opt[key])
-    if (variant.get("algorithm_kwargs") or {}).get("num_epochs"):
-        data["train"]["epochs"] = int(variant["algorithm_kwargs"]["num_epochs"])
-    return config_from_dict(data, str(variant_path))
+        data["train"][section][name] = get(f"optimizer_kwargs.{key}", _NUMBER, data["train"][section][name])
+    data["train"]["epochs"] = get("algorithm_kwargs.num_epochs", int, 0) or data["train"]["epochs"]
+    return config_from_dict(data, str(source))
 
 
 def release_paths(src) -> tuple[Path, Path]:
@@ -116,7 +131,7 @@ def load_release(src, base: Config | None = None):
         raise CheckpointError(f"{pth}: no 'model' state dict in the checkpoint")
     bad = [k for k, v in state.items() if not isinstance(v, np.ndarray)]
     if bad:
-        raise CheckpointError(f"{pth}: entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+        raise CheckpointError(f"{pth}: entries that are not tensors: {', '.join(map(short_repr, bad[:5]))}")
     tensors = {k: v for k, v in state.items() if not k.startswith(UNUSED_RELEASE_PREFIXES)}
     net = build_segmenter(cfg.model)
     assign_parameters(net, match_parameters(net, tensors, str(pth)))
@@ -220,20 +235,27 @@ def init_from_npz(path, cfg: Config):
     return net
 
 
-def convert_weights(src, out, config: Config | None = None) -> tuple[Config, str]:
-    """Write CKPT (+ its .yaml) from a release or an .npz; returns (config, kind)."""
+def convert_weights(src, out, config_path=None) -> tuple[Config, str]:
+    """Write CKPT (+ its .yaml) from a release or an .npz, `config_path` the model config (a .npz)
+    or the base of the non-model settings (a release); returns (config, kind). Nothing is written
+    over an input or over a .yaml this project did not write (`check_checkpoint_target`)."""
     src = Path(src)
+    config, inputs = None, [src]
+    if config_path is not None:
+        config, files = load_config_files(config_path)
+        inputs += files
     if src.suffix == ".npz":
         if config is None:
             raise ConfigError(f"{src}: a .npz holds only encoder weights; pass --config for the model to build")
+        check_checkpoint_target(out, inputs)
         cfg = copy.deepcopy(config)
         net = init_from_npz(src, cfg)
         cfg.model.pretrained = str(src)
         kind = "Google ViT .npz (encoder)"
     else:
+        inputs += release_paths(src)
+        check_checkpoint_target(out, inputs)
         net, cfg = load_release(src, config)
         kind = "official Segmenter release"
-    save_model(net, out, cfg)
+    save_model(net, out, cfg, inputs=inputs)
     return cfg, kind
-
-

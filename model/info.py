@@ -37,9 +37,32 @@ def forward_flops(model, height: int, width: int) -> dict:
     return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}
 
 
+def _block_parameters(dim: int, mlp_dim: int) -> int:
+    # norm1, norm2; qkv, proj; fc1, fc2 (each Dense with its bias)
+    return 4 * dim + (3 * dim * dim + 3 * dim) + (dim * dim + dim) + (dim * mlp_dim + mlp_dim) + (mlp_dim * dim + dim)
+
+
+def model_parameter_counts(model) -> dict:
+    """`parameter_counts` worked out from the config alone (nothing built), layer by layer as
+    `model.segmenter.build_segmenter` makes them."""
+    p, d, n_cls = model.patch_size, model.d_model, model.n_cls
+    grid = (model.image_size[0] // p) * (model.image_size[1] // p)
+    counts = {"encoder.patch_embed": d * 3 * p * p + d, "encoder.tokens": d + (1 + grid) * d,
+              "encoder.blocks": model.n_layers * _block_parameters(d, model.mlp_ratio * d), "encoder.norm": 2 * d}
+    dec = model.decoder
+    if dec.name == "linear":
+        counts["decoder"] = d * n_cls + n_cls
+    else:  # proj_dec, cls_emb, blocks (d_ff 4d), proj_patch and proj_classes (no bias), decoder_norm, mask_norm
+        counts["decoder"] = (d * d + d) + n_cls * d + dec.n_layers * _block_parameters(d, 4 * d) + 2 * d * d \
+            + 2 * d + 2 * n_cls
+    counts["encoder"] = sum(v for k, v in counts.items() if k.startswith("encoder."))
+    counts["total"] = counts["encoder"] + counts["decoder"]
+    return {k: int(v) for k, v in counts.items()}
+
+
 def parameter_counts(net) -> dict:
     """Parameters per part of a built Segmenter: encoder (patch embedding, class + position
-    tokens, blocks, final norm) and decoder."""
+    tokens, blocks, final norm) and decoder. The reference `model_parameter_counts` is tested against."""
     counts = {"encoder.patch_embed": 0, "encoder.tokens": 0, "encoder.blocks": 0, "encoder.norm": 0, "decoder": 0}
     for name, param in net.parameters_and_names():
         size = int(math.prod(param.shape))

@@ -8,7 +8,8 @@ Used to refuse, before any work, a window or export size that no machine here co
 from __future__ import annotations
 
 import math
-import os
+
+from base.memory import gib, physical_memory_bytes
 
 
 def forward_attention_bytes(model, height: int, width: int, batch: int = 1) -> int:
@@ -19,18 +20,21 @@ def forward_attention_bytes(model, height: int, width: int, batch: int = 1) -> i
     return 2 * 4 * batch * model.n_heads * tokens * tokens
 
 
-def physical_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62  # unknown: do not refuse
-
-
 def too_large(model, height: int, width: int, batch: int = 1) -> str | None:
     """None if a forward at this size fits this machine's memory; else why not, in words."""
     need = forward_attention_bytes(model, height, width, batch)
     have = physical_memory_bytes()
     if need <= have:
         return None
-    return (f"one forward of {batch} x {height}x{width} needs about {need / 2**30:.3g} GiB for the attention maps "
-            f"alone, more than this machine's {have / 2**30:.3g} GiB of memory")
+    return (f"one forward of {batch} x {height}x{width} needs about {gib(need)} for the attention maps "
+            f"alone, more than this machine's {gib(have)} of memory")
+
+
+def weights_too_large(parameters: int) -> str | None:
+    """None if a model of this many parameters can be built (or loaded) here; else why not, in words."""
+    # float32 weights, plus their initial values (or a checkpoint's) while they are made.
+    need, have = 2 * 4 * parameters, physical_memory_bytes()
+    if need <= have:
+        return None
+    return (f"the model's {parameters:,} parameters need about {gib(need)} to build, more than this machine's "
+            f"{gib(have)} of memory")

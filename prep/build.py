@@ -11,15 +11,23 @@ or sources changed. A rerun with nothing to do writes nothing (it works on a rea
 Safety: workers write whole shards into `.staging/` (under the final base name, see
 mindrecords/writer.py); nothing in the split folder is touched until every shard of the run has
 converted without error, so bad input never damages an earlier good output. Commit then removes
-the manifest, moves each staged shard in (state file removed first, written last) and writes the
-manifest and summary last. A kill at any moment leaves either staged shards (reused by the rerun)
+the manifest, moves each staged shard in (its state file written first, see Ownership) and writes
+the manifest and summary last. A kill at any moment leaves either staged shards (reused by the rerun)
 or committed shards with matching state; the rerun finishes the same output.
+
+Ownership: the build replaces or deletes only files it provably wrote. A shard's state file is
+written before its files are moved in, so a shard name in the split folder is the build's exactly
+when `.state/NAME.json` exists; any other file there (a user's `train.mindrecord000.bak`, notes,
+a shard-named file without a state) is never touched, and one in the way of a planned shard is
+refused before any work. A shard the plan no longer has is deleted only when its state is intact
+and its files still have the recorded sizes and CRC-32s. Workers exit with the build process.
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -30,14 +38,15 @@ from base.atomic import check_writable_dir
 from base.checksums import file_crc32
 from base.progress import Progress
 from mindrecords.manifest import MANIFEST_COLUMNS, write_split_index
-from mindrecords.schema import MANIFEST, PIXEL_COLUMNS, STAGING_DIR, STATE_DIR, SUMMARY, shard_name
+from mindrecords.schema import (MANIFEST, PIXEL_COLUMNS, STAGING_DIR, STATE_DIR, SUMMARY, check_split_name,
+                                shard_name)
 from mindrecords.writer import commit_shard, remove_shard, remove_tree, shard_files, write_shard
 from prep.convert import convert
 from prep.discover import Sample, discover
 from prep.errors import PrepError
 from prep.malloc import reuse_freed_memory
 from prep.report import format_summary, split_summary
-from prep.shard_state import SOURCE_KEYS, load_json, usable, write_json
+from prep.shard_state import SOURCE_KEYS, load_json, usable, write_json, written_as_recorded
 
 # Bump when the stored bytes or the recorded facts for the same sources and options would change
 # (3: the manifest records the stored bytes' CRC-32s, the state each shard file's CRC-32).
@@ -108,10 +117,30 @@ def manifest_columns(states: list[dict]) -> dict:
     return cols
 
 
-def _stray_shards(split_dir: Path, split: str, names: set) -> set:
-    found = {p.name[:-3] if p.name.endswith(".db") else p.name for p in split_dir.glob(f"{split}.mindrecord*")}
-    found |= {p.stem for p in (split_dir / STATE_DIR).glob("*.json")} if (split_dir / STATE_DIR).is_dir() else set()
-    return found - names
+def _stray_shards(split_dir: Path, names: set) -> list[str]:
+    """Shards an earlier build committed here that the plan no longer has, each proven the build's
+    (`written_as_recorded`); a shard whose files were changed since, or whose state is damaged,
+    is left alone."""
+    state_dir = split_dir / STATE_DIR
+    states = sorted(state_dir.glob("*.json")) if state_dir.is_dir() else []
+    return [path.stem for path in states if path.stem not in names
+            and written_as_recorded(split_dir, path.stem, load_json(path))]
+
+
+def _check_not_foreign(out: Path, plans: dict) -> None:
+    """Refuse, before any work, to replace a file in a split folder that no build record proves the
+    build's: a planned shard's files need their state file, the manifest and summary the `.state/`
+    folder of an earlier build."""
+    for split, shard_plan in plans.items():
+        split_dir = out / split
+        state_dir = split_dir / STATE_DIR
+        targets = [(path, state_dir / f"{name}.json")
+                   for name, _ in shard_plan for path in shard_files(split_dir, name)]
+        targets += [(split_dir / name, state_dir) for name in (MANIFEST, SUMMARY)]
+        for path, proof in targets:
+            if (path.exists() or path.is_symlink()) and not proof.exists():
+                raise PrepError(f"{path}: exists and was not written by build-mindrecord (no "
+                                f"{proof.relative_to(split_dir)} records it); move it away or choose another --out")
 
 
 def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int = 64,
@@ -122,6 +151,11 @@ def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int 
         raise PrepError(f"--shard-size must be >= 1, got {shard_size}")
     if image_format not in ("png", "jpeg"):
         raise PrepError(f"--image-format must be png or jpeg, got {image_format!r}")
+    for split in splits:
+        try:
+            check_split_name(split)
+        except ValueError as err:
+            raise PrepError(f"{out}: {err}") from None
     root, out = Path(root), Path(out)
     workers = workers or os.cpu_count() or 1
     _check_out(root, out)
@@ -176,6 +210,7 @@ def _build(root: Path, out: Path, found: dict, workers: int, shard_size: int, im
     options = {"format_version": FORMAT_VERSION, "image_format": image_format, "labels": labels,
                "shard_size": shard_size}
     plans = {split: plan(samples, split, shard_size) for split, samples in found.items()}
+    _check_not_foreign(out, plans)
     ready, refreshed, tasks = _reusable(root, out, plans, options, force)
     if tasks:
         try:
@@ -220,7 +255,7 @@ def _convert_all(root: Path, out: Path, tasks: list, options: dict, workers: int
 
     ready = {}
     progress = Progress(sum(len(m) for _, _, m in tasks), "build-mindrecord", "img")
-    jobs = (delayed(_build_task)(root, out / split / STAGING_DIR, split, name, members, options)
+    jobs = (delayed(_build_task)(os.getpid(), root, out / split / STAGING_DIR, split, name, members, options)
             for split, name, members in tasks)
     try:
         for split, name, state in Parallel(n_jobs=min(workers, len(tasks)), return_as="generator_unordered")(jobs):
@@ -237,11 +272,15 @@ def _commit_split(split_dir: Path, split: str, shard_plan: list, ready: dict, re
     names = [name for name, _ in shard_plan]
     states = [ready[(split, n)][1] for n in names]
     staged = [n for n in names if ready[(split, n)][0] == "staged"]
-    stray = _stray_shards(split_dir, split, set(names))
+    stray = _stray_shards(split_dir, set(names))
     summary = split_summary(split, states, options)
-    old = load_json(split_dir / SUMMARY) or {}
-    if staged or stray or old.get("build_key") != summary["build_key"] or not (split_dir / MANIFEST).is_file():
+    old = load_json(split_dir / SUMMARY)
+    old_key = old.get("build_key") if isinstance(old, dict) else None
+    if staged or stray or old_key != summary["build_key"] or not (split_dir / MANIFEST).is_file():
         _commit(split_dir, staged, stray, states, summary)
+    staging = split_dir / STAGING_DIR
+    for leftover in staging.iterdir() if staging.is_dir() else []:  # the build's private workspace
+        remove_tree(leftover)  # what is left there is a killed build's work, of shards no longer planned
     for state in states:  # kept shards: remember source mtimes that were confirmed by content
         if (split, state["name"]) in refreshed:
             write_json(split_dir / STATE_DIR / f"{state['name']}.json", state)
@@ -262,26 +301,45 @@ def _report(results: list[SplitResult], converted: int, seconds: float, echo) ->
          f"{seconds:.1f}s; {rate}")
 
 
-def _build_task(root, staging, split, name, members, options):
+def _build_task(parent, root, staging, split, name, members, options):
+    _end_with_parent(parent)
     reuse_freed_memory()
     staging.mkdir(parents=True, exist_ok=True)
     return split, name, build_shard(root, staging, name, members, options)
 
 
-def _commit(split_dir: Path, staged: list[str], stray: set, states: list[dict], summary: dict) -> None:
+_PARENT_POLL_S = 0.5
+_watching = threading.Event()
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a worker: exit as soon as the build process `parent` is gone (even by kill -9), instead of
+    converting on for minutes. An orphan is adopted by another process, so its parent pid changes.
+    (Not prctl's parent-death signal: it follows the thread that spawned the worker, and joblib may
+    spawn from a thread that ends before the build does.)"""
+    if parent == os.getpid() or _watching.is_set():  # one worker: joblib runs it in the build process
+        return
+    _watching.set()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _commit(split_dir: Path, staged: list[str], stray: list[str], states: list[dict], summary: dict) -> None:
     state_dir = split_dir / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     (split_dir / MANIFEST).unlink(missing_ok=True)  # readers now see "build did not finish"
     by_name = {s["name"]: s for s in states}
     for name in staged:
-        src = split_dir / STAGING_DIR / name
-        (state_dir / f"{name}.json").unlink(missing_ok=True)
-        commit_shard(src, split_dir, name)
-        os.replace(src / "state.json", state_dir / f"{name}.json")
-        remove_tree(src)
-        by_name[name]["file_bytes"] = [p.stat().st_size for p in shard_files(split_dir, name)]
-    for name in sorted(stray):
-        (state_dir / f"{name}.json").unlink(missing_ok=True)
-        remove_shard(split_dir, name)
+        # State first: it proves the name the build's from now on (it matches the files once they are in).
+        write_json(state_dir / f"{name}.json", by_name[name])
+        commit_shard(split_dir / STAGING_DIR / name, split_dir, name)
         remove_tree(split_dir / STAGING_DIR / name)
+    for name in stray:  # files first: an interrupted removal keeps the proof for what is left
+        remove_shard(split_dir, name)
+        (state_dir / f"{name}.json").unlink()
     write_split_index(split_dir, manifest_columns(states), summary)

@@ -15,13 +15,13 @@ import numpy as np
 from isal import isal_zlib
 
 from base.checksums import crc32_hex, fingerprint
+from base.images import ImageError, decode_image, decode_label, read_info
 from prep.errors import PrepError
 from base.labels import IGNORE, NUM_CLASSES, VALID_LABEL_IDS, label_to_train_lut
 from prep.polygons import draw, parse_polygons
 
 LUT = label_to_train_lut()
 _INVALID_IDS = np.array([i not in VALID_LABEL_IDS for i in range(256)])
-PNG_END = b"IEND\xaeB`\x82"
 JPEG_QUALITY = 95
 _EXACT_HIST = 1 << 24  # cv2.calcHist counts in float32: exact up to 2**24 pixels
 
@@ -33,21 +33,25 @@ def _read(path: Path) -> bytes:
         raise PrepError(f"{path}: cannot read ({err.strerror})") from None
 
 
-def _decode_png(data: bytes, path: Path, flags: int) -> np.ndarray:
-    # libpng may return a partly grey image for a cut-off file: require the closing IEND chunk.
-    if not data.endswith(PNG_END):
-        raise PrepError(f"{path}: truncated or not a PNG file")
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if array is None:
-        raise PrepError(f"{path}: unreadable PNG")
-    return array
+def _decoded(decode, data: bytes, path: Path, **options):
+    """`decode(data, path, **options)` of base/images.py, its ImageError as a PrepError."""
+    try:
+        return decode(data, path, **options)
+    except ImageError as err:
+        raise PrepError(str(err)) from None
 
 
 def decode_rgb_png(data: bytes, path: Path) -> np.ndarray:
-    image = _decode_png(data, path, cv2.IMREAD_UNCHANGED)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise PrepError(f"{path}: expected an 8-bit RGB PNG, got {image.dtype} with shape {image.shape}")
-    return image
+    """(H, W, 3) uint8 RGB of a source image, which must be an 8-bit RGB PNG (Cityscapes' leftImg8bit)."""
+    info = _decoded(read_info, data, path)
+    if (info.format, info.mode, info.bits) != ("PNG", "RGB", 8):
+        raise PrepError(f"{path}: expected an 8-bit RGB PNG, got {info.describe()}")
+    return _decoded(decode_image, data, path)
+
+
+def decode_label_png(data: bytes, path: Path) -> np.ndarray:
+    """(H, W) uint8 labelIds of a source label PNG (8-bit grey, or palette indices; base/images.py)."""
+    return _decoded(decode_label, data, path, what="labelIds")
 
 
 def _png_chunks(data: bytes, path: Path):
@@ -84,6 +88,7 @@ def check_rgb_png(data: bytes, path: Path) -> tuple[int, int]:
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
     if (depth, colour, interlace) != (8, 2, 0) or not width or not height:
         return decode_rgb_png(data, path).shape[:2]
+    _decoded(read_info, data, path)  # its size, against the memory bounds, before the inflate
     stride = 1 + 3 * width
     inflater = isal_zlib.decompressobj()
     try:
@@ -141,7 +146,8 @@ def convert(root: Path, sample, image_format: str) -> tuple[dict, dict]:
     if image_format == "jpeg":
         image = decode_rgb_png(image_bytes, image_path)
         height, width = image.shape[:2]
-        stored = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+        stored = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                              [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
     else:
         height, width = check_rgb_png(image_bytes, image_path)
         stored = image_bytes
@@ -152,10 +158,7 @@ def convert(root: Path, sample, image_format: str) -> tuple[dict, dict]:
             raise PrepError(f"{label_path}: size {h}x{w} differs from its image {image_path} ({height}x{width})")
         label_ids = draw(h, w, objects, label_path)
     else:
-        label_ids = _decode_png(label_bytes, label_path, cv2.IMREAD_UNCHANGED)
-        if label_ids.ndim != 2 or label_ids.dtype != np.uint8:
-            raise PrepError(f"{label_path}: expected a single-channel 8-bit labelIds PNG, "
-                            f"got {label_ids.dtype} with shape {label_ids.shape}")
+        label_ids = decode_label_png(label_bytes, label_path)
         if label_ids.shape != (height, width):
             raise PrepError(f"{label_path}: size {label_ids.shape[0]}x{label_ids.shape[1]} differs from its "
                             f"image {image_path} ({height}x{width})")

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from base.atomic import write_bytes_atomic
 from prep.errors import PrepError
 from base.labels import LABELS
+from base.memory import gib, physical_memory_bytes
 from base.ownership import make_staging, swap_in, why_not_replaceable
 from prep.polygons import draw
 
@@ -289,12 +290,17 @@ def frames(split: str, n: int) -> list[tuple[str, str]]:
 
 
 SAMPLE_KIND = "make-sample tree"
+FRAME_BYTES_PER_PIXEL = 64  # peak while one frame is drawn and encoded (float32 photo, noise, labels, PNGs)
 
 
 def make_sample(out, n_train: int = 24, n_val: int = 8, height: int = 256, width: int = 512, seed: int = 0,
                 progress=None) -> dict[str, int]:
     """Write the tree into a hidden sibling and swap it in whole: an earlier make-sample tree is
     replaced (no stale frames mix in), any other non-empty folder is refused (base/ownership.py)."""
+    need, have = FRAME_BYTES_PER_PIXEL * height * width, physical_memory_bytes()
+    if need > have:
+        raise PrepError(f"--height {height} --width {width}: one frame needs about {gib(need)} of memory while it "
+                        f"is drawn, more than this machine's {gib(have)}")
     out = Path(out)
     reason = why_not_replaceable(out, SAMPLE_KIND)
     if reason is not None:

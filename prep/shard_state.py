@@ -12,10 +12,16 @@ from pathlib import Path
 
 from base.atomic import write_bytes_atomic
 from base.checksums import file_crc32, fingerprint
+from mindrecords.schema import PIXEL_COLUMNS
 from mindrecords.writer import shard_files
 from prep.discover import Sample
 
 SOURCE_KEYS = ("image", "label")
+# A sample's entry in a state, as `build.build_shard` writes it: key -> type.
+_ENTRY_TYPES = {"id": str, "city": str, "image": str, "label": str, "height": int, "width": int, "pixels": list,
+                "image_crc32": str, "label_crc32": str,
+                **{f"{key}_{what}": kind for key in SOURCE_KEYS
+                   for what, kind in (("bytes", int), ("mtime_ns", int), ("fingerprint", str))}}
 
 
 def write_json(path: Path, obj, indent=None) -> None:
@@ -54,17 +60,42 @@ def _sources_match(root: Path, members: list[Sample], entries: list) -> bool:
     return True
 
 
-def _files_match(folder: Path, name: str, state: dict) -> bool:
-    """The shard and its index have the size and CRC-32 recorded when they were written."""
-    files = shard_files(folder, name)
+def well_formed(state, name: str) -> bool:
+    """True if `state` has the shape `build.build_shard` writes for shard `name`; a damaged state
+    (wrong types, a list, a string) is never trusted: its shard is rebuilt."""
+    if not (isinstance(state, dict) and state.get("name") == name and isinstance(state.get("options"), dict)):
+        return False
+    sizes, crcs, samples = state.get("file_bytes"), state.get("file_crc32"), state.get("samples")
+    if not (isinstance(sizes, list) and isinstance(crcs, list) and len(sizes) == len(crcs) == 2
+            and all(isinstance(v, int) for v in sizes) and all(isinstance(v, str) for v in crcs)):
+        return False
+    return isinstance(samples, list) and all(
+        isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in _ENTRY_TYPES.items())
+        and len(e["pixels"]) == len(PIXEL_COLUMNS) and all(isinstance(v, int) for v in e["pixels"])
+        for e in samples)
+
+
+def _file_matches(path: Path, size: int, crc: str) -> bool:
     try:
-        if [p.stat().st_size for p in files] != state["file_bytes"]:
-            return False
-        return [file_crc32(p) for p in files] == state.get("file_crc32")
+        return path.stat().st_size == size and file_crc32(path) == crc
     except OSError:
         return False
 
 
+def _files_match(folder: Path, name: str, state: dict) -> bool:
+    """The shard and its index have the size and CRC-32 recorded when they were written."""
+    facts = zip(shard_files(folder, name), state["file_bytes"], state["file_crc32"])
+    return all(_file_matches(path, size, crc) for path, size, crc in facts)
+
+
+def written_as_recorded(folder: Path, name: str, state) -> bool:
+    """The proof that the build may delete shard `name`'s files: its state is well formed and each
+    file still present is byte for byte what the build wrote (size and CRC-32)."""
+    return well_formed(state, name) and all(
+        not path.exists() or _file_matches(path, size, crc)
+        for path, size, crc in zip(shard_files(folder, name), state["file_bytes"], state["file_crc32"]))
+
+
 def usable(state, folder: Path, name: str, root: Path, members, options: dict) -> bool:
-    return (state is not None and state.get("options") == options and state.get("name") == name
+    return (well_formed(state, name) and state["options"] == options
             and _files_match(folder, name, state) and _sources_match(root, members, state["samples"]))

@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
+from base.messages import short_repr
 
 
 class ConfigError(ValueError):
@@ -156,6 +157,9 @@ class Config:
 # the value is ignored.
 RETIRED = {"data.shuffle_buffer"}
 
+INT_LIMIT = 2 ** 63  # every integer must fit the int64 a checkpoint stores it as
+SEED_LIMIT = 2 ** 32  # MindSpore's and its data pipeline's seeds are uint32
+
 _CHOICES = {
     "device_target": ("CPU", "GPU", "Ascend"),
     "mode": ("graph", "pynative"),
@@ -173,9 +177,10 @@ def _build(cls, data: Any, prefix: str):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     data = {k: v for k, v in data.items() if prefix + str(k) not in RETIRED}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ConfigError(f"unknown key {prefix + unknown[0]!r} (allowed here: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown key {short_repr(prefix + str(unknown[0]))} (allowed here: "
+                          f"{', '.join(sorted(names))})")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _convert(hints[name], value, prefix + name)
@@ -191,68 +196,73 @@ def _convert(tp, value: Any, key: str):
         return None if value is None else _convert(args[0], value, key)
     if origin in (list, List, tuple, Tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {short_repr(value)}")
         (item,) = typing.get_args(tp)[:1]
         return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"{key}: expected true/false, got {short_repr(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {short_repr(value)}")
+        if not -INT_LIMIT <= value < INT_LIMIT:
+            raise ConfigError(f"{key}: {short_repr(value)} is out of range (a 64-bit integer)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {short_repr(value)}")
         if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {short_repr(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {short_repr(value)}")
         choices = _CHOICES.get(key)
         if choices and value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{key}: {short_repr(value)} is not one of {', '.join(choices)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
 def _check_model(cfg: Config) -> None:
     m = cfg.model
+    for key in ("patch_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "n_cls"):
+        _at_least(f"model.{key}", getattr(m, key), 1)
+    _at_least("model.decoder.n_layers", m.decoder.n_layers, 0)
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
-    if m.patch_size <= 0 or m.n_cls <= 0:
-        raise ConfigError("model.patch_size and model.n_cls must be positive")
-    if len(m.image_size) != 2 or min(m.image_size) <= 0 or any(s % max(m.patch_size, 1) for s in m.image_size):
-        raise ConfigError(f"model.image_size ({m.image_size}) must be [H, W], multiples of model.patch_size "
-                          f"({m.patch_size})")
+    if len(m.image_size) != 2 or min(m.image_size) <= 0 or any(s % m.patch_size for s in m.image_size):
+        raise ConfigError(f"model.image_size ({short_repr(m.image_size)}) must be [H, W], multiples of "
+                          f"model.patch_size ({m.patch_size})")
     dec_heads = max(m.d_model // 64, 1)  # the official mask decoder's head count
     if m.decoder.name == "mask_transformer" and m.d_model % dec_heads:
         raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by the mask decoder's heads "
                           f"(d_model // 64 = {dec_heads})")
-    if m.decoder.n_layers < 0 or m.n_layers <= 0:
-        raise ConfigError("model.n_layers must be positive and model.decoder.n_layers >= 0")
-    if not (0 <= m.dropout < 1 and 0 <= m.drop_path_rate < 1 and 0 <= m.decoder.dropout < 1
-            and 0 <= m.decoder.drop_path_rate < 1):
-        raise ConfigError("model dropout / drop_path_rate values must be in [0, 1)")
+    for key, value in (("model.dropout", m.dropout), ("model.drop_path_rate", m.drop_path_rate),
+                       ("model.decoder.dropout", m.decoder.dropout),
+                       ("model.decoder.drop_path_rate", m.decoder.drop_path_rate)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"{key} ({value}) must be in [0, 1)")
     if len(m.mean) != 3 or len(m.std) != 3:
         raise ConfigError("model.mean and model.std must have 3 values (RGB)")
-    if min(m.std) == 0:
-        raise ConfigError("model.std must not contain 0")
+    if min(m.std) <= 0:
+        raise ConfigError(f"model.std ({m.std}) must be positive")
 
 
 def _positive_range(key: str, values) -> None:
     if len(values) != 2 or not 0 < values[0] <= values[1]:
-        raise ConfigError(f"{key} ({values}) must be [low, high] with 0 < low <= high")
+        raise ConfigError(f"{key} ({short_repr(values)}) must be [low, high] with 0 < low <= high")
 
 
 def _check_data(cfg: Config) -> None:
     """Data settings the training augmentation cannot work with."""
     d, p = cfg.data, cfg.data.photometric
     if d.crop_size <= 0 or len(d.base_size) != 2 or min(d.base_size) <= 0:
-        raise ConfigError(f"data.crop_size ({d.crop_size}) and data.base_size ({d.base_size}, [width, height]) "
-                          "must be positive")
+        raise ConfigError(f"data.crop_size ({d.crop_size}) and data.base_size ({short_repr(d.base_size)}, "
+                          "[width, height]) must be positive")
+    for key in ("train_split", "val_split"):
+        _folder_name(f"data.{key}", getattr(d, key))
     _positive_range("data.ratio_range", d.ratio_range)
     if not 0 < d.cat_max_ratio <= 1 or d.cat_max_tries < 0:
         raise ConfigError(f"data.cat_max_ratio ({d.cat_max_ratio}) must be in (0, 1] (1 disables it) and "
@@ -276,14 +286,22 @@ def _check_data(cfg: Config) -> None:
             f"{short_max} (min(data.base_size) x max(data.ratio_range)); every crop would be mostly padding")
 
 
+def _folder_name(key: str, value: str) -> None:
+    """A value that names one folder (OUT/{split}/): never a path that could lead elsewhere."""
+    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise ConfigError(f"{key} ({short_repr(value)}) must be a folder name: not empty, '.' or '..', "
+                          "no '/' or '\\'")
+
+
 def _check_eval(cfg: Config) -> None:
     e = cfg.eval
+    _at_least("eval.window_size", e.window_size, 1)
     if e.window_stride <= 0 or e.window_stride > e.window_size:
         raise ConfigError(f"eval.window_stride ({e.window_stride}) must be in 1..eval.window_size ({e.window_size})")
     if e.infer_size < 0 or e.batch_windows <= 0:
         raise ConfigError("eval.infer_size must be >= 0 (0 = keep size) and eval.batch_windows positive")
     if not e.scales or min(e.scales) <= 0:
-        raise ConfigError(f"eval.scales ({e.scales}) must be a non-empty list of positive factors")
+        raise ConfigError(f"eval.scales ({short_repr(e.scales)}) must be a non-empty list of positive factors")
 
 
 def _at_least(key: str, value, low, strict: bool = False) -> None:
@@ -297,7 +315,8 @@ def _check_optimization(cfg: Config) -> None:
     _at_least("train.optimizer.weight_decay", o.weight_decay, 0)
     _at_least("train.optimizer.eps", o.eps, 0, strict=True)
     if not 0 <= o.momentum < 1 or len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        raise ConfigError(f"train.optimizer.momentum ({o.momentum}) and each of train.optimizer.betas ({o.betas}) "
+        raise ConfigError(f"train.optimizer.momentum ({o.momentum}) and each of train.optimizer.betas "
+                          f"({short_repr(o.betas)}) "
                           "must be in [0, 1)")
     _at_least("train.schedule.power", sch.power, 0, strict=True)
     if not 0 <= sch.min_lr <= o.lr:
@@ -343,9 +362,14 @@ def resolved_step_graph(cfg: Config) -> str:
     return "per_block" if cfg.device_target == "CPU" else "whole"
 
 
+def _check_seed(cfg: Config) -> None:
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        raise ConfigError(f"seed ({cfg.seed}) must be in 0..{SEED_LIMIT - 1}")
+
+
 def _check(cfg: Config) -> None:
     """Cross-field rules a type alone cannot express."""
-    for check in (_check_model, _check_data, _check_eval, _check_train, _check_optimization):
+    for check in (_check_seed, _check_model, _check_data, _check_eval, _check_train, _check_optimization):
         check(cfg)
 
 

@@ -18,6 +18,7 @@ from settings.schema import Config, ModelConfig
 from model.checkpoint import load_model
 from base.device import setup_context
 from base.labels import colorize
+from base.ownership import WRITTEN
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 IMAGE = GOLDEN / "frankfurt_000000_000294_small.png"
@@ -70,7 +71,8 @@ def test_predict_reproduces_official_probabilities(converted, tmp_path, name, ca
     ids = np.asarray(Image.open(out / f"{stem}.png"))
     np.testing.assert_array_equal(ids, probs.argmax(0))
     np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_color.png")), colorize(ids))
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{stem}.png", f"{stem}_color.png", f"{stem}_probs.npy"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{stem}.png", f"{stem}_color.png", f"{stem}_probs.npy",
+                                                            WRITTEN])
 
 
 def test_npz_import_gives_official_encoder_features(tmp_path):

@@ -11,6 +11,7 @@ from PIL import Image
 
 import cli
 from base.labels import colorize
+from base.ownership import WRITTEN
 from base.overlay import overlay
 from test_eval_cli import tiny_checkpoint
 
@@ -57,7 +58,7 @@ def test_folder_is_searched_recursively_and_unreadable_files_are_skipped(ckpt, r
     assert f"skipped: {src / 'b' / 'broken.png'}: not a readable image" in r.stderr
     assert "2 images in" in r.stdout and "images/s), 1 unreadable skipped" in r.stdout
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["a.png", "a_color.png", "b/deep/a.png", "b/deep/a_color.png"]
+    assert written == [WRITTEN, "a.png", "a_color.png", "b/deep/a.png", "b/deep/a_color.png"]  # + predict's log
     np.testing.assert_array_equal(_ids(out / "a.png"), reference)
     assert _ids(out / "b" / "deep" / "a.png").shape == reference.shape
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a_color.png").convert("RGB")), colorize(reference))
@@ -97,7 +98,7 @@ def test_glob_patterns(ckpt, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     r = run("predict", f"{src}/*.png", "--checkpoint", ckpt, "--out", out)
     assert r.exit_code == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["one.png", "one_color.png", "two.png", "two_color.png"]
+    assert sorted(p.name for p in out.iterdir()) == [WRITTEN, "one.png", "one_color.png", "two.png", "two_color.png"]
     np.testing.assert_array_equal(_ids(out / "two.png"), reference)
     monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
     r = run("predict", f"{src}/*.tif", "--checkpoint", ckpt, "--out", tmp_path / "o2")
@@ -172,7 +173,7 @@ def test_video_gives_an_overlay_video_and_frame_labels(ckpt, tmp_path, suffix, c
     # The video frame is the overlay of those labels, up to the codec's loss.
     want = overlay(decoded[2], ids, alpha=0.5).astype(np.float32)
     assert np.abs(frames[2].astype(np.float32) - want).mean() < 6
-    assert sorted(p.name for p in out.iterdir()) == [f"clip{suffix}", "clip_frames"]  # no temporary left
+    assert sorted(p.name for p in out.iterdir()) == [WRITTEN, f"clip{suffix}", "clip_frames"]  # no temporary left
 
 
 def test_unreadable_video_is_fatal_before_the_model_loads(ckpt, tmp_path, monkeypatch):

@@ -105,7 +105,7 @@ def test_other_png_kinds_take_the_full_decode(image):
         check_rgb_png(_png(image[:, :, 0]), "gray.png")
     with pytest.raises(PrepError, match="expected an 8-bit RGB PNG"):
         check_rgb_png(_png(np.dstack([image, image[:, :, :1]])), "rgba.png")
-    with pytest.raises(PrepError, match="deep.png: expected an 8-bit RGB PNG, got uint16"):
+    with pytest.raises(PrepError, match="deep.png: expected an 8-bit RGB PNG, got 16-bit RGB PNG"):
         check_rgb_png(_png(image.astype(np.uint16) * 257), "deep.png")
 
 

@@ -117,7 +117,11 @@ def test_resume_matches_uninterrupted_run(full_run, tiny_data, tmp_path):
 
 
 def _snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} if folder.exists() else {}
+    """Every file's bytes but the lock's (`base.locks`: the holder is recorded in it)."""
+    from base.locks import LOCK_NAME
+
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and p.name != LOCK_NAME} if folder.exists() else {}
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_data, tmp_path):
@@ -203,6 +207,7 @@ def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("level,step_graph", [("O1", "per_block"), ("O2", "per_block"), ("O2", "whole")])
 def test_mixed_precision_trains_the_segmenter(full_run, tiny_data, tmp_path, level, step_graph):
+    from model.checkpoint import NON_MODEL_PREFIXES
     from settings.files import load_config
     from train.checkpoint import read_checkpoint
     from train.loop import train
@@ -216,8 +221,8 @@ def test_mixed_precision_trains_the_segmenter(full_run, tiny_data, tmp_path, lev
     # Same initial weights and first batch: float16 compute moves the first loss only slightly.
     assert losses[0] == pytest.approx(reference.losses[0][1], rel=2e-2)
     assert losses[0] != reference.losses[0][1]  # it did compute in float16
-    entries = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000003.ckpt")
-    weights = {name: p for name, p in entries.items() if not name.startswith(("optimizer.", "state."))}
+    entries = read_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000003.ckpt").entries
+    weights = {name: p for name, p in entries.items() if not name.startswith(NON_MODEL_PREFIXES)}
     assert len(weights) == len(list(result.net.get_parameters()))
     assert {str(p.dtype) for p in weights.values()} == {"Float32"}  # float32 master weights
 

@@ -3,13 +3,17 @@
 A training checkpoint is a model checkpoint (written by `model.checkpoint.save_model`, so
 `load_model` reads it and the config travels beside it) with extra entries whose keys start
 with `optimizer.` (every optimizer Parameter that is not a model weight: moments, step, lr)
-or `state.` (step, loss scale, RNG state, best score). Layout under RUN/checkpoints/:
-`step_NNNNNNN.ckpt` (+ `.yaml`), the last `train.keep_checkpoints` kept, and `best.ckpt`
-(+ `.yaml`), the checkpoint with the best validation mIoU so far.
+or `state.` (step, loss scale, RNG state, best score, and `state.run_config`: the config the run
+started with, as JSON). Layout under RUN/checkpoints/: `step_NNNNNNN.ckpt` (+ `.yaml`), the last
+`train.keep_checkpoints` kept, and `best.ckpt` (+ `.yaml`), the checkpoint with the best
+validation mIoU so far. A checkpoint read back to resume is checked entry by entry (type, shape,
+range, finiteness) before anything of it is used.
 """
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import mindspore as ms
@@ -17,17 +21,34 @@ import numpy as np
 
 from settings.files import config_beside
 
-from settings.schema import Config
+from settings.schema import Config, ConfigError, config_from_dict, config_to_dict
 
 STEP_RE = re.compile(r"^step_(\d{7,})\.ckpt$")
 BEST = "best.ckpt"
-# State entries every training checkpoint has; `--resume` refuses a file without them.
-REQUIRED_STATE = ("state.step", "state.steps_per_epoch", "state.group_size", "state.loss_scale",
-                  "state.loss_scale_counter", "state.best_miou", "state.best_step")
+# The `state.` numbers every training checkpoint has (`--resume` refuses a file without them):
+# name -> (an integer?, the values allowed, said in words).
+STATE_NUMBERS = {
+    "step": (True, lambda v: v >= 0, ">= 0"), "epoch": (True, lambda v: v >= 0, ">= 0"),
+    "steps_per_epoch": (True, lambda v: v >= 1, ">= 1"), "group_size": (True, lambda v: v >= 1, ">= 1"),
+    "loss_scale": (False, lambda v: v > 0, "> 0"), "loss_scale_counter": (True, lambda v: v >= 0, ">= 0"),
+    "best_miou": (False, lambda v: -1 <= v <= 1, "in -1..1 (-1: none yet)"),
+    "best_step": (True, lambda v: v >= -1, ">= -1 (-1: none yet)")}
+RNG = "state.rng"
+RUN_CONFIG = "state.run_config"
 
 
 class TrainError(ValueError):
     """Training cannot start or continue; the message names the file or key at fault."""
+
+
+@dataclass
+class TrainingCheckpoint:
+    """A training checkpoint read back and checked: every entry, its `state.` numbers (without
+    the prefix) and the config its run started with (None in checkpoints from before it was recorded)."""
+    path: Path
+    entries: dict
+    state: dict
+    run_config: Config | None
 
 
 def step_checkpoint_name(step: int) -> str:
@@ -45,52 +66,107 @@ def _scalar(value) -> ms.Tensor:
     return ms.Tensor(np.asarray(value))
 
 
-def save_training_checkpoint(path: Path, net, cfg: Config, optimizer_params: dict, scaler, state: dict) -> None:
-    """Write `path` and its config atomically; `state` maps names (without `state.`) to numbers."""
+def save_training_checkpoint(path: Path, net, cfg: Config, optimizer_params: dict, scaler, state: dict,
+                             run_config: Config) -> None:
+    """Write `path` and its config atomically; `state` maps names (without `state.`) to numbers,
+    `run_config` is the config the run started with (a resume checks RUN/config.yaml against it)."""
     from model.checkpoint import save_model
 
     extra = {f"optimizer.{name}": param for name, param in optimizer_params.items()}
     extra["state.loss_scale"] = _scalar(np.float32(scaler.scale_value.asnumpy()))
     counter = getattr(scaler, "counter", None)
     extra["state.loss_scale_counter"] = _scalar(np.int32(counter.asnumpy() if counter is not None else 0))
-    extra["state.rng"] = ms.get_rng_state()
+    extra[RNG] = ms.get_rng_state()
+    extra[RUN_CONFIG] = json.dumps(config_to_dict(run_config), sort_keys=True)
     for key, value in state.items():
         extra[f"state.{key}"] = _scalar(np.float64(value) if isinstance(value, float) else np.int64(value))
     save_model(net, str(path), cfg, extra=extra)
 
 
-def read_checkpoint(path: Path) -> dict:
-    """All entries of a checkpoint; a clear TrainError if it is missing, truncated or not a training one."""
+def read_checkpoint(path: Path) -> TrainingCheckpoint:
+    """A training checkpoint, checked; a clear TrainError if it is missing, truncated, not a
+    training one, or holds a `state.` entry of the wrong type or out of range."""
     if not path.is_file():
-        raise TrainError(f"{path}: checkpoint not found")
+        raise TrainError(f"{path}: {'not a file' if path.exists() else 'checkpoint not found'}")
     try:
         entries = ms.load_checkpoint(str(path))
     except (ValueError, RuntimeError, OSError) as err:
         raise TrainError(f"{path}: cannot be read (truncated or damaged?): {err}") from None
-    missing = [key for key in REQUIRED_STATE if key not in entries]
+    missing = [f"state.{name}" for name in STATE_NUMBERS if f"state.{name}" not in entries]
     if missing:
         raise TrainError(f"{path}: not a training checkpoint (no {', '.join(missing)}); "
                          "it can initialize a model (model.pretrained) but not resume a run")
-    return entries
+    state = {name: _state_number(entries[f"state.{name}"], name, path) for name in STATE_NUMBERS}
+    named = STEP_RE.match(path.name)
+    if named and int(named.group(1)) != state["step"]:
+        raise TrainError(f"{path}: state.step is {state['step']}, the file name says step {int(named.group(1))}")
+    if RNG in entries:
+        want = ms.get_rng_state()
+        got = entries[RNG]
+        if not isinstance(got, ms.Tensor) or got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
+            raise TrainError(f"{path}: {RNG}: expected {want.dtype} of shape {tuple(want.shape)}, got {_kind(got)}")
+    return TrainingCheckpoint(path, entries, state, _run_config(entries.get(RUN_CONFIG), path))
 
 
-def restore(entries: dict, path: Path, net, optimizer_params: dict, scaler) -> dict:
+def _kind(value) -> str:
+    if isinstance(value, ms.Tensor):
+        return f"{value.dtype} of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _state_number(value, name: str, path: Path):
+    integer, allowed, rule = STATE_NUMBERS[name]
+    array = value.asnumpy() if isinstance(value, ms.Tensor) else None
+    if array is None or array.size != 1 or not np.issubdtype(array.dtype, np.integer if integer else np.number):
+        raise TrainError(f"{path}: state.{name}: expected {'an integer' if integer else 'a number'}, "
+                         f"got {_kind(value)}")
+    number = array.item()
+    if not (np.isfinite(number) and allowed(number)):
+        raise TrainError(f"{path}: state.{name} is {number}; expected a finite number {rule}")
+    return int(number) if integer else float(number)
+
+
+def _run_config(value, path: Path) -> Config | None:
+    if value is None:
+        return None
+    where = f"{path}: {RUN_CONFIG}"
+    if not isinstance(value, str):
+        raise TrainError(f"{where}: expected the run's config as JSON text, got {_kind(value)}")
+    try:
+        data = json.loads(value)
+    except ValueError as err:
+        raise TrainError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise TrainError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
+    try:
+        return config_from_dict(data, where)
+    except ConfigError as err:
+        raise TrainError(str(err)) from None
+
+
+def restore(checkpoint: TrainingCheckpoint, net, optimizer_params: dict, scaler) -> dict:
     """Load weights, optimizer state, loss scale and RNG state; return the `state.` numbers."""
+    path, entries = checkpoint.path, checkpoint.entries
     model_params = {p.name: p for p in net.get_parameters()}
     for name, target in list(model_params.items()) + [(f"optimizer.{n}", p) for n, p in optimizer_params.items()]:
         if name not in entries:
             raise TrainError(f"{path}: has no entry {name!r} (was it written by a different model or optimizer?)")
         value = entries[name]
+        if not isinstance(value, ms.Tensor):
+            raise TrainError(f"{path}: {name!r} is {_kind(value)}, not a tensor")
         if tuple(value.shape) != tuple(target.shape):
             raise TrainError(f"{path}: {name!r} has shape {tuple(value.shape)}, the run expects {tuple(target.shape)}")
-        target.set_data(ms.Tensor(value.asnumpy(), target.dtype))
-    scaler.scale_value.set_data(ms.Tensor(entries["state.loss_scale"].asnumpy(), ms.float32))
+        array = value.asnumpy()
+        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+            raise TrainError(f"{path}: {name!r} holds NaN or infinite values (damaged?)")
+        target.set_data(ms.Tensor(array, target.dtype))
+    state = checkpoint.state
+    scaler.scale_value.set_data(ms.Tensor(np.full(scaler.scale_value.shape, state["loss_scale"], np.float32)))
     if getattr(scaler, "counter", None) is not None:
-        scaler.counter.set_data(ms.Tensor(entries["state.loss_scale_counter"].asnumpy(), ms.int32))
-    if "state.rng" in entries:
-        ms.set_rng_state(ms.Tensor(entries["state.rng"].asnumpy()))
-    return {key[len("state."):]: entries[key].asnumpy().item() for key in entries
-            if key.startswith("state.") and key != "state.rng"}
+        scaler.counter.set_data(ms.Tensor(np.full(scaler.counter.shape, state["loss_scale_counter"], np.int32)))
+    if RNG in entries:
+        ms.set_rng_state(ms.Tensor(entries[RNG].asnumpy()))
+    return dict(state)
 
 
 def remove_checkpoint(path: Path) -> None:

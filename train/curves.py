@@ -4,16 +4,14 @@ cv2 is already a runtime dependency (decoding, resizing); a plotting library is 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
-from base.atomic import atomic_path
+from base.atomic import write_png_atomic
 
 PANEL_W, PANEL_H, MARGIN_L, MARGIN_B, MARGIN_T = 520, 300, 70, 30, 28
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-INK, GRID, LINE = (40, 40, 40), (220, 220, 220), (180, 90, 20)
+INK, GRID, LINE = (40, 40, 40), (220, 220, 220), (20, 90, 180)  # RGB
 
 
 def _panel(title: str, xs: list, ys: list, x_max: float, fmt: str) -> np.ndarray:
@@ -60,8 +58,4 @@ def draw_curves(records: list[dict], path) -> None:
         _panel("val mIoU (%)", [r["step"] for r in val],
                [None if r.get("mIoU") is None else 100 * r["mIoU"] for r in val], x_max, ".1f"),
     ]
-    image = np.concatenate(panels, axis=1)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise OSError(f"{path}: cv2 could not write the PNG")
+    write_png_atomic(path, np.concatenate(panels, axis=1))

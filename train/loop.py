@@ -24,8 +24,8 @@ from mindrecords.manifest import MindRecordError, split_shard_files
 from mindrecords.reader import read_batches
 from mindrecords.train_pipeline import train_dataset
 from settings.schema import Config, resolved_step_graph
-from train.checkpoint import BEST, TrainError, read_checkpoint, restore, rotate, save_training_checkpoint, \
-    step_checkpoint_name
+from train.checkpoint import BEST, TrainError, TrainingCheckpoint, read_checkpoint, restore, rotate, \
+    save_training_checkpoint, step_checkpoint_name
 from train.initial_weights import initial_net
 from train.run_folder import Run
 from train.schedule import lr_at
@@ -86,6 +86,9 @@ class _Session:
         self.cfg, self.data_root, self.run, self.log = cfg, data_root, run, log
         self.rank, self.group_size = rank, group_size
         self.resume_from = resume_from
+        checkpoint = read_checkpoint(resume_from) if resume_from is not None else None
+        if checkpoint is not None:
+            run.check_unchanged(checkpoint, log)
         t = cfg.train
         check_data(cfg, data_root)
         # Building epoch 0's dataset validates the shards, the split and the batch/rank fit.
@@ -98,8 +101,7 @@ class _Session:
         self.total = t.iterations if t.iterations > 0 else t.epochs * self.steps_per_epoch
         if self.total <= 0:
             raise TrainError("train.epochs / train.iterations: the run has no steps")
-        entries = read_checkpoint(resume_from) if resume_from is not None else None
-        if entries is not None:
+        if checkpoint is not None:
             from model.segmenter import build_segmenter
 
             net = build_segmenter(cfg.model)  # every weight comes from the checkpoint
@@ -108,20 +110,20 @@ class _Session:
         self.net = net
         self.step_fn, self.opt_params, self.scaler = _build_step(cfg, net, group_size, rank)
         self.step, self.best_miou, self.best_step = 0, -1.0, -1
-        if entries is not None:
-            self._restore(entries)
-        run.start(cfg, self.step if entries is not None else None)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        run.start(cfg, self.step if checkpoint is not None else None)
         self.result = TrainResult(steps=self.total, last_checkpoint=None, best_miou=None, seconds=0.0, rank=rank,
                                   group_size=group_size)
         self.window, self.window_time, self.nonfinite = [], 0.0, 0
 
-    def _restore(self, entries: dict) -> None:
-        state = restore(entries, self.resume_from, self.net, self.opt_params, self.scaler)
+    def _restore(self, checkpoint: TrainingCheckpoint) -> None:
+        state = restore(checkpoint, self.net, self.opt_params, self.scaler)
         if state["steps_per_epoch"] != self.steps_per_epoch or state["group_size"] != self.group_size:
             raise TrainError(f"{self.resume_from}: the run had {state['steps_per_epoch']} steps per epoch on "
                              f"{state['group_size']} rank(s), now {self.steps_per_epoch} on {self.group_size}: the "
                              "data or the number of workers changed, so the data order cannot be continued")
-        self.step, self.best_miou, self.best_step = int(state["step"]), float(state["best_miou"]), int(state["best_step"])
+        self.step, self.best_miou, self.best_step = state["step"], state["best_miou"], state["best_step"]
         self.log(f"resumed from {self.resume_from} at step {self.step}/{self.total}")
 
     @property
@@ -133,7 +135,7 @@ class _Session:
             save_training_checkpoint(path, self.net, self.cfg, self.opt_params, self.scaler, {
                 "step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "steps_per_epoch": self.steps_per_epoch, "group_size": self.group_size,
-                "best_miou": float(self.best_miou), "best_step": self.best_step})
+                "best_miou": float(self.best_miou), "best_step": self.best_step}, self.run.started)
 
     def run_all(self, record_batches: bool) -> TrainResult:
         t = self.cfg.train
@@ -251,10 +253,11 @@ def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: b
     """Run (or resume) training as configured; see `train.run_folder` for RUN's layout."""
     start_time = time.perf_counter()
     run = Run(out_dir, writer=False)
-    cfg, resume_from = run.prepare(cfg, resume, given_config)
-    setup_context(cfg.device_target, cfg.mode, cfg.seed)
-    rank, group_size = init_distributed()
-    run.writer = rank == 0
-    result = _Session(cfg, data_root, run, resume_from, rank, group_size, log).run_all(record_batches)
+    with run.hold():  # from before the first check of RUN to the last write
+        cfg, resume_from = run.prepare(cfg, resume, given_config, log)
+        setup_context(cfg.device_target, cfg.mode, cfg.seed)
+        rank, group_size = init_distributed()
+        run.writer = rank == 0
+        result = _Session(cfg, data_root, run, resume_from, rank, group_size, log).run_all(record_batches)
     result.seconds = time.perf_counter() - start_time
     return result

@@ -1,26 +1,32 @@
-"""RUN, the training run's folder: its files, the checks before anything is written, resume.
+"""RUN, the training run's folder: its files, its lock, the checks before anything is written, resume.
 
 Layout of RUN (written by rank 0 only):
-    config.yaml            the resolved config the run uses (resume checks against it)
+    config.yaml            the resolved config the run started with (a resume checks it is unchanged)
     metrics.jsonl          one JSON record per log interval / validation / skipped step
     curves.png             loss, lr and validation mIoU against the step
     checkpoints/step_NNNNNNN.ckpt (+ .yaml)   the last `train.keep_checkpoints`
     checkpoints/best.ckpt (+ .yaml)           best validation mIoU so far
+    .segmenter.lock        held by the run's processes while it runs (`base.locks`)
 """
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from base.atomic import write_text_atomic
+from base.locks import LOCK_NAME, folder_lock
 from settings.files import load_config, save_config
 from settings.schema import Config, ConfigError, config_to_dict
-from train.checkpoint import BEST, TrainError, list_step_checkpoints
+from train.checkpoint import BEST, TrainError, TrainingCheckpoint, list_step_checkpoints
 
 # Keys that may differ between a run's config.yaml and the config given with --resume:
 # they change logging, checkpoint cadence or evaluation, not the optimization itself.
 RESUME_MUTABLE = ("train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.log_every",
                   "data.num_parallel_workers", "data.val_max_images", "eval.")
+# metrics.jsonl fields the curves plot: each a number or null.
+PLOTTED = ("loss", "lr", "mIoU")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -33,19 +39,71 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
+    """(dotted key, value in a, value in b) of every key whose values differ."""
+    fa, fb = _flat(config_to_dict(a)), _flat(config_to_dict(b))
+    return [(key, fa.get(key), fb.get(key)) for key in sorted(set(fa) | set(fb)) if fa.get(key) != fb.get(key)]
+
+
 def check_resume_config(saved: Config, given: Config, saved_path: Path) -> None:
-    a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(given))
-    for key in sorted(a):
-        if a[key] != b.get(key) and not any(key == m or (m.endswith(".") and key.startswith(m))
-                                            for m in RESUME_MUTABLE):
-            raise TrainError(f"{saved_path}: the run was started with {key}={a[key]!r}, the given config has "
-                             f"{b.get(key)!r}; resume with the run's own config (omit --config) or start a new --out")
+    for key, was, now in _differences(saved, given):
+        if not any(key == m or (m.endswith(".") and key.startswith(m)) for m in RESUME_MUTABLE):
+            raise TrainError(f"{saved_path}: the run was started with {key}={was!r}, the given config has "
+                             f"{now!r}; resume with the run's own config (omit --config) or start a new --out")
 
 
-def read_metrics(path: Path) -> list[dict]:
+def _record(line: bytes) -> dict:
+    """One metrics.jsonl line as a record; ValueError saying what is wrong with it."""
+    record = json.loads(line.decode("utf-8"))
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"'step' must be a non-negative integer, got {step!r}")
+    if not isinstance(record.get("type"), str):
+        raise ValueError(f"'type' must be a string, got {record.get('type')!r}")
+    for key in PLOTTED:
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{key!r} must be a number or null, got {value!r}")
+    return record
+
+
+def read_metrics(path: Path, log=None) -> list[dict]:
+    """metrics.jsonl's records. With `log` (a resume), a last line cut short (no newline and not a
+    record: a write interrupted by kill -9) is dropped, saying so; any other bad line is a
+    TrainError naming the file and line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(_record(line))
+            except ValueError as err:  # json's and unicode's errors are ValueErrors too
+                if log is not None and not line.endswith(b"\n"):
+                    log(f"{path}: line {number} was cut short by an interrupted write ({len(line)} bytes); dropped")
+                    break
+                raise TrainError(f"{path}: line {number}: not a metrics record: {err}") from None
+    return records
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; those this call created, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # another rank of the launch was first
+            continue
+        made.append(path)
+    return made
 
 
 class Run:
@@ -58,6 +116,33 @@ class Run:
         self.metrics = self.root / "metrics.jsonl"
         self.curves = self.root / "curves.png"
         self.writer = writer
+        self.started: Config | None = None  # the config the run started with, set by `prepare`
+        self.records: list[dict] = []  # metrics.jsonl's records when resuming, read by `prepare`
+
+    @contextmanager
+    def hold(self):
+        """Create RUN if needed and hold its lock for the block: one run writes RUN at a time (the
+        ranks of one msrun launch share the lock). If the block fails with nothing written in RUN,
+        the folders this call created are removed again."""
+        if self.root.exists() and not self.root.is_dir():
+            raise TrainError(f"{self.root}: exists and is not a folder")
+        made = _make_folders(self.root)
+        with folder_lock(self.root, "train"):
+            try:
+                yield
+            except BaseException:
+                if made and not self._held():
+                    (self.root / LOCK_NAME).unlink(missing_ok=True)  # while held: see base.locks
+                    for folder in reversed(made):
+                        try:
+                            folder.rmdir()
+                        except OSError:  # something appeared in it meanwhile: not ours to remove
+                            break
+                raise
+
+    def _held(self) -> list[str]:
+        """The names in RUN, its lock file excepted."""
+        return sorted(name for name in os.listdir(self.root) if name != LOCK_NAME) if self.root.is_dir() else []
 
     def start(self, cfg: Config, resume_step: int | None) -> None:
         if not self.writer:
@@ -68,13 +153,25 @@ class Run:
             write_text_atomic(self.metrics, "")
         else:
             # Records past the resumed step belong to the interrupted tail; the rerun writes them again.
-            kept = [r for r in read_metrics(self.metrics) if r.get("step", 0) <= resume_step]
+            kept = [r for r in self.records if r["step"] <= resume_step]
             write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, record: dict) -> None:
-        if self.writer:
-            with open(self.metrics, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+        """Append one record; a failed write (a full disk) is undone, so the file stays whole."""
+        if not self.writer:
+            return
+        data = memoryview((json.dumps(record) + "\n").encode())
+        fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except OSError as err:
+                os.ftruncate(fd, size)
+                raise OSError(err.errno, err.strerror, str(self.metrics)) from None
+        finally:
+            os.close(fd)
 
     def draw(self) -> None:
         if self.writer:
@@ -82,13 +179,15 @@ class Run:
 
             draw_curves(read_metrics(self.metrics), self.curves)
 
-    def prepare(self, cfg: Config | None, resume: bool, given_config: bool):
-        """Check RUN before anything is written to it; return (config to use, checkpoint or None).
+    def prepare(self, cfg: Config | None, resume: bool, given_config: bool, log):
+        """Check RUN (held) before anything is written to it; return (config to use, the
+        checkpoint to resume from or None).
 
         `cfg` may be None only with `resume` (then RUN/config.yaml is used)."""
         existing = list_step_checkpoints(self.ckpt_dir)
         if not resume:
             self._check_new(existing)
+            self.started = cfg
             return cfg, None
         if not existing:
             raise TrainError(f"{self.ckpt_dir}: no checkpoint to resume from (step_*.ckpt); "
@@ -96,23 +195,35 @@ class Run:
         if not self.config.is_file():
             raise TrainError(f"{self.config}: missing; cannot tell which config the run used")
         try:
-            saved = load_config(self.config)
+            self.started = load_config(self.config)
         except ConfigError as err:
             raise TrainError(str(err)) from None
         if given_config:
-            check_resume_config(saved, cfg, self.config)
+            check_resume_config(self.started, cfg, self.config)
         else:
-            cfg = saved
+            cfg = self.started
+        self.records = read_metrics(self.metrics, log)
         return cfg, existing[-1][1]
+
+    def check_unchanged(self, checkpoint: TrainingCheckpoint, log) -> None:
+        """RUN/config.yaml must still be the config the run started with, as `checkpoint` records it."""
+        if checkpoint.run_config is None:
+            log(f"{checkpoint.path}: written before checkpoints recorded their run's config; "
+                f"{self.config} cannot be checked against it")
+            return
+        changed = _differences(checkpoint.run_config, self.started)
+        if changed:
+            shown = ", ".join(f"{key} {json.dumps(was)} -> {json.dumps(now)}" for key, was, now in changed[:3])
+            more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+            raise TrainError(f"{self.config}: changed since the run started ({shown}{more}); a resumed run keeps "
+                             f"its config (recorded in {checkpoint.path}): put those values back, or start a new "
+                             "run in another --out")
 
     def _check_new(self, existing: list) -> None:
         if existing or (self.ckpt_dir / BEST).exists():
             raise TrainError(f"{self.ckpt_dir}: the run already has checkpoints; pass --resume to continue it "
                              "or choose a new --out")
-        if self.root.exists() and not self.root.is_dir():
-            raise TrainError(f"{self.root}: exists and is not a folder")
-        # Every rank checks before the collective init, so no rank has written anything yet.
-        held = sorted(p.name for p in self.root.iterdir()) if self.root.is_dir() else []
+        held = self._held()
         if held:
             raise TrainError(f"{self.root}: not empty ({', '.join(held[:5])}{' ...' if len(held) > 5 else ''}); "
                              "a new run needs a new or empty folder, and nothing in it is overwritten")
