@@ -1,16 +1,19 @@
 """Segmenter for MindSpore on Cityscapes: one command group, thin over the packages.
 
-Each command parses options, calls into prep/, mindrecords/, model/, train/ or evaluate/,
-and prints results. Errors the user can fix exit non-zero with a message naming the file.
+Each command parses options, calls into the packages (prep/, pipelines/, weights/, deploy/,
+analysis/, train/, evaluate/) and prints results. Errors the user can fix are `base.errors.UserError`,
+printed once by the group as `error: PATH: what` (exit 2).
 """
 from __future__ import annotations
 
 
 import click
 
+from base.errors import UserError
 
-class UserError(click.ClickException):
-    """A bad input: printed as `error: ...`, exit code 2."""
+
+class _Failure(click.ClickException):
+    """What the user sees of an error: `error: PATH: what`, exit code 2."""
 
     exit_code = 2
 
@@ -26,17 +29,22 @@ def os_error_message(err: OSError, path=None) -> str:
 
 
 class _Commands(click.Group):
-    """An option value click refuses is printed like any bad input. An OSError no command handled (a read-only or full disk, a file where a folder should be) is
-    still the user's to fix: `error: PATH: reason`, exit 2, never a traceback. Every writer is
-    atomic, so nothing half-written is left behind."""
+    """Every error reaches the user in one form, caught here once: a package's `UserError`, an
+    option value click refuses, and an OSError no command anticipated (a read-only or full disk, a
+    file where a folder should be) print `error: PATH: what` and exit 2, never a traceback. Every
+    writer is atomic, so nothing half-written is left behind. SIGTERM ends a command as Ctrl-C
+    does, so its `finally` blocks remove its temporary files (exit 143)."""
 
     def invoke(self, ctx):
+        _end_on_sigterm()
         try:
             return super().invoke(ctx)
-        except click.BadParameter as err:  # an option's value: the same `error: ...` as every bad input
-            raise UserError(err.format_message()) from None
+        except UserError as err:
+            raise _Failure(str(err)) from None
+        except click.BadParameter as err:
+            raise _Failure(err.format_message()) from None
         except OSError as err:
-            raise UserError(os_error_message(err)) from None
+            raise _Failure(os_error_message(err)) from None
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +77,6 @@ def make_sample_cmd(out, n_train, n_val, height, width, seed):
     """Write a small synthetic Cityscapes tree (images, polygons, labelIds/instanceIds/color)."""
     import time
 
-    from prep.errors import PrepError
     from base.progress import Progress
     from prep.sample import make_sample
 
@@ -77,8 +84,6 @@ def make_sample_cmd(out, n_train, n_val, height, width, seed):
     progress = Progress(n_train + n_val, "make-sample", "img")
     try:
         counts = make_sample(out, n_train, n_val, height, width, seed, progress=progress)
-    except PrepError as err:
-        raise UserError(str(err)) from None
     except OSError as err:
         raise UserError(os_error_message(err, out)) from None
     finally:
@@ -90,7 +95,7 @@ def make_sample_cmd(out, n_train, n_val, height, width, seed):
 
 def _check_forward_fits(cfg, height: int, width: int, batch: int, option: str, advice: str = "") -> None:
     """A forward that cannot fit this machine's memory is refused before any work."""
-    from model.memory import too_large
+    from analysis.memory import too_large
 
     reason = too_large(cfg.model, height, width, batch)
     if reason is not None:
@@ -124,12 +129,8 @@ def _window_options(command):
 def _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows):
     """The checkpoint's config (or --config) with the window options applied; refused before any
     work if the checkpoint is missing or a window cannot fit in memory."""
-    from pathlib import Path
-
     from settings.files import apply_overrides, resolve_config
 
-    if not Path(checkpoint).is_file():
-        raise UserError(f"{checkpoint}: checkpoint not found")
     cfg = resolve_config(checkpoint, config)
     if stride is not None and stride > (window or cfg.eval.window_size):
         raise UserError(f"--stride {stride}: must be in 1..window ({window or cfg.eval.window_size})")
@@ -173,7 +174,7 @@ def _check_split_sizes(cfg, data, split: str, max_images: int) -> None:
 def _load_net(cfg, checkpoint, mode: str | None = None):
     """The device context from the config, then the model with every weight from CKPT."""
     from base.device import setup_context
-    from model.checkpoint import load_model
+    from weights.checkpoint import load_model
 
     setup_context(cfg.device_target, mode or cfg.mode, cfg.seed)
     return load_model(checkpoint, cfg)
@@ -189,12 +190,9 @@ _RUNTIME_OPTION = click.option(
 def _check_runtime(runtime: str) -> None:
     """Refuse --runtime onnxruntime before any work when its optional packages are missing."""
     if runtime == "onnxruntime":
-        from model.onnx_runtime import OnnxMissing, require_onnx
+        from deploy.onnx_runtime import require_onnx
 
-        try:
-            require_onnx("--runtime onnxruntime")
-        except OnnxMissing as err:
-            raise UserError(str(err)) from None
+        require_onnx("--runtime onnxruntime")
 
 
 def _window_runner(cfg, checkpoint, runtime: str):
@@ -202,7 +200,7 @@ def _window_runner(cfg, checkpoint, runtime: str):
     net = _load_net(cfg, checkpoint)
     if runtime == "mindspore":
         return net
-    from model.onnx_runtime import onnx_runner
+    from deploy.onnx_runtime import onnx_runner
 
     return onnx_runner(net, cfg.eval.window_size)
 
@@ -241,13 +239,9 @@ def _parse_split(ctx, param, value):
 def build_mindrecord_cmd(root, out, splits, workers, shard_size, image_format, labels, force):
     """Convert Cityscapes splits to sharded MindRecord (parallel, resumable, verified reruns)."""
     from prep.build import build
-    from prep.errors import PrepError
 
-    try:
-        build(root, out, splits, workers=workers, shard_size=shard_size, image_format=image_format,
-              labels=labels, force=force, echo=click.echo)
-    except PrepError as err:
-        raise UserError(str(err)) from None
+    build(root, out, splits, workers=workers, shard_size=shard_size, image_format=image_format,
+          labels=labels, force=force, echo=click.echo)
 
 
 @main.command("verify")
@@ -258,16 +252,12 @@ def verify_cmd(out, splits):
     """Read every record of a build back and check it against the manifest."""
     import time
 
-    from mindrecords.manifest import MindRecordError
 
     from mindrecords.verify import verify_output
     from base.progress import Progress
 
     start = time.perf_counter()
-    try:
-        reports = verify_output(out, splits, progress_factory=lambda n, label: Progress(n, label, "rec"))
-    except MindRecordError as err:
-        raise UserError(str(err)) from None
+    reports = verify_output(out, splits, progress_factory=lambda n, label: Progress(n, label, "rec"))
     problems = 0
     for r in reports:
         click.echo(f"{r.split}: {r.records} records in {r.shards} shards, {len(r.problems)} problems")
@@ -302,34 +292,28 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
 
     from base.atomic import check_writable_dir
     from base.device import init_distributed
-    from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, EvalError, evaluate_split, write_metrics_json
-    from evaluate.predictions import PredictionError, check_prediction_dir
-    from mindrecords.manifest import MindRecordError, split_shard_files
-    from model.checkpoint import CheckpointError
-    from settings.schema import ConfigError
+    from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, evaluate_split, write_metrics_json
+    from evaluate.prediction_sets import check_prediction_dir
+    from mindrecords.manifest import split_shard_files
 
     if split in NO_GROUND_TRUTH_SPLITS and not save_predictions:
         raise UserError(f"--split {split} has no ground truth to score: pass --save-predictions DIR to export")
     _check_runtime(runtime)
     _check_eval_outputs(checkpoint, config, data, save_predictions, json_path)
-    _end_on_sigterm()
     if json_path:
         if not Path(json_path).parent.is_dir():
             raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
         check_writable_dir(Path(json_path).parent)  # an OSError here becomes `error: FOLDER: ...`
-    try:
-        cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
-        if save_predictions:
-            check_prediction_dir(save_predictions)
-        split_shard_files(data, split)  # fail on a missing split before loading the model
-        _check_split_sizes(cfg, data, split, max_images)
-        net = _window_runner(cfg, checkpoint, runtime)
-        rank, group_size = init_distributed()  # under msrun: each rank evaluates its share
-        result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
-                                checkpoint=str(checkpoint), show_progress=rank == 0, rank=rank,
-                                group_size=group_size)
-    except (ConfigError, CheckpointError, EvalError, MindRecordError, PredictionError) as err:
-        raise UserError(str(err)) from None
+    cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
+    if save_predictions:
+        check_prediction_dir(save_predictions)
+    split_shard_files(data, split)  # fail on a missing split before loading the model
+    _check_split_sizes(cfg, data, split, max_images)
+    net = _window_runner(cfg, checkpoint, runtime)
+    rank, group_size = init_distributed()  # under msrun: each rank evaluates its share
+    result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
+                            checkpoint=str(checkpoint), show_progress=rank == 0, rank=rank,
+                            group_size=group_size)
     if rank > 0:
         return
     _print_eval(result, cfg, split, save_predictions)
@@ -395,23 +379,17 @@ def _print_eval(result: dict, cfg, split: str, save_predictions) -> None:
 def train_cmd(config, data, out, resume, overrides):
     """Train Segmenter on the built train split; validate, checkpoint, resume; msrun for data parallel."""
     from settings.files import apply_overrides, load_config
-    from settings.schema import ConfigError
-    from mindrecords.manifest import MindRecordError
-    from train.checkpoint import TrainError
 
     if config is None and not resume:
         raise UserError("--config is required for a new run (only --resume can reuse RUN/config.yaml)")
-    try:
-        cfg = None
-        if config is not None:
-            cfg = apply_overrides(load_config(config), list(overrides))
-        elif overrides:
-            raise UserError("--set needs --config (a resumed run keeps its own config)")
-        from train.loop import train
+    cfg = None
+    if config is not None:
+        cfg = apply_overrides(load_config(config), list(overrides))
+    elif overrides:
+        raise UserError("--set needs --config (a resumed run keeps its own config)")
+    from train.loop import train
 
-        result = train(cfg, data, out, resume=resume, given_config=config is not None, log=click.echo)
-    except (ConfigError, MindRecordError, TrainError) as err:
-        raise UserError(str(err)) from None
+    result = train(cfg, data, out, resume=resume, given_config=config is not None, log=click.echo)
     if result.rank == 0:
         best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"
         click.echo(f"trained {result.steps} steps in {result.seconds:.1f}s on {result.group_size} rank(s); "
@@ -436,28 +414,23 @@ def inspect_pipeline_cmd(config, data, n, out, list_ids, epoch, rank, ranks, ove
     import time
 
     from base.progress import Progress
-    from mindrecords.inspect import save_inspection
-    from mindrecords.manifest import MindRecordError
-    from mindrecords.train_pipeline import epoch_ids
+    from pipelines.inspection import save_inspection
+    from pipelines.train_pipeline import epoch_ids
     from settings.files import apply_overrides, load_config
-    from settings.schema import ConfigError
 
     if list_ids == (out is not None):
         raise UserError("give --out FOLDER to save samples, or --list-ids to print an epoch's sample ids")
     if rank >= ranks:
         raise UserError(f"--rank {rank}: must be below --ranks {ranks}")
     start = time.perf_counter()
-    try:
-        cfg = apply_overrides(load_config(config), list(overrides))
-        if list_ids:
-            for sample_id in epoch_ids(cfg, data, epoch, rank, ranks):
-                click.echo(sample_id)
-            return
-        progress = Progress(n, "inspect-pipeline", "sample")
-        written = save_inspection(cfg, data, n, out, progress)
-        progress.close()
-    except (ConfigError, MindRecordError) as err:
-        raise UserError(str(err)) from None
+    cfg = apply_overrides(load_config(config), list(overrides))
+    if list_ids:
+        for sample_id in epoch_ids(cfg, data, epoch, rank, ranks):
+            click.echo(sample_id)
+        return
+    progress = Progress(n, "inspect-pipeline", "sample")
+    written = save_inspection(cfg, data, n, out, progress)
+    progress.close()
     seconds = time.perf_counter() - start
     short = f" (the {cfg.data.train_split} split has only {len(written)} per pass)" if len(written) < n else ""
     click.echo(f"saved {len(written)} samples{short} to {out} in {seconds:.1f}s "
@@ -476,20 +449,14 @@ def convert_weights_cmd(src, out, config):
 
     from settings.files import config_beside
 
-    from settings.schema import ConfigError
-    from model.checkpoint import CheckpointError
-    from model.torch_pickle import TorchFileError
 
     if not Path(src).exists():
         raise UserError(f"{src}: not found")
     if Path(out).suffix != ".ckpt":
         raise UserError(f"--out {out}: the checkpoint name must end in .ckpt")
-    try:
-        from model.convert import convert_weights
+    from weights.convert import convert_weights
 
-        cfg, kind = convert_weights(src, out, config)
-    except (ConfigError, CheckpointError, TorchFileError) as err:
-        raise UserError(str(err)) from None
+    cfg, kind = convert_weights(src, out, config)
     m = cfg.model
     click.echo(f"{src}: {kind} -> {out} (+ {config_beside(out)}); {m.backbone} d_model {m.d_model}, "
                f"{m.n_layers} layers, patch {m.patch_size}, decoder {m.decoder.name} ({m.decoder.n_layers} layers), "
@@ -520,28 +487,21 @@ def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, fli
 
     Per image OUT/{stem}.png (trainIds), OUT/{stem}_color.png [, _overlay.png, _probs.npy]; per
     video OUT/{stem}.mp4 (.avi for .avi) of overlays at its frame rate [, {stem}_frames/]."""
-    from base.images import ImageError
     from base.ownership import output_folder
     from evaluate.predict import check_output, check_sizes, predict_inputs
-    from evaluate.predict_inputs import KIND, PredictError, check_outputs, resolve_inputs
-    from model.checkpoint import CheckpointError
-    from settings.schema import ConfigError
+    from evaluate.predict_inputs import KIND, check_outputs, resolve_inputs
 
-    _end_on_sigterm()
-    try:
-        cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
-        found = resolve_inputs(inputs)
-        for path, reason in found.skipped:
-            click.echo(f"skipped: {path}: {reason}", err=True)
-        check_sizes(cfg, found, lambda line: click.echo(line, err=True))
-        check_output(cfg, out)
-        _check_runtime(runtime)
-        with output_folder(out, KIND):  # one predict per --out, from the checks to the last write
-            check_outputs(found, out, save_probs, alpha is not None, frames)
-            net = _window_runner(cfg, checkpoint, runtime)
-            result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames)
-    except (ConfigError, CheckpointError, PredictError, ImageError) as err:
-        raise UserError(str(err)) from None
+    cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
+    found = resolve_inputs(inputs)
+    for path, reason in found.skipped:
+        click.echo(f"skipped: {path}: {reason}", err=True)
+    check_sizes(cfg, found, lambda line: click.echo(line, err=True))
+    check_output(cfg, out)
+    _check_runtime(runtime)
+    with output_folder(out, KIND):  # one predict per --out, from the checks to the last write
+        check_outputs(found, out, save_probs, alpha is not None, frames)
+        net = _window_runner(cfg, checkpoint, runtime)
+        result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames)
     e = cfg.eval
     done = result["images"] + result["frames"]
     what = f"{result['images']} images" + (f" + {result['frames']} video frames ({found.videos} videos)"
@@ -565,24 +525,20 @@ def _parse_size(option: str, value: str) -> tuple[int, int]:
 def _info_net(cfg, checkpoint, parameters: int):
     """The network `info` measures, or loads to check CKPT against its config: built only once its
     weights are known to fit this machine's memory (the counts need no network)."""
-    from model.checkpoint import CheckpointError
-    from model.memory import weights_too_large
+    from analysis.memory import weights_too_large
 
     reason = weights_too_large(parameters)
     if reason is not None:
         raise UserError(f"{f'--checkpoint {checkpoint}' if checkpoint else '--measure'}: {reason}")
-    try:
-        if checkpoint:
-            return _load_net(cfg, checkpoint, mode="graph")
-        from base.device import setup_context
-        from model.segmenter import build_segmenter
+    if checkpoint:
+        return _load_net(cfg, checkpoint, mode="graph")
+    from base.device import setup_context
+    from model.segmenter import build_segmenter
 
-        setup_context(cfg.device_target, "graph", cfg.seed)
-        net = build_segmenter(cfg.model)
-        net.set_train(False)
-        return net
-    except CheckpointError as err:
-        raise UserError(str(err)) from None
+    setup_context(cfg.device_target, "graph", cfg.seed)
+    net = build_segmenter(cfg.model)
+    net.set_train(False)
+    return net
 
 
 @main.command("info")
@@ -594,50 +550,24 @@ def _info_net(cfg, checkpoint, parameters: int):
 @click.option("--measure", is_flag=True, help="Also run one forward at --size and report its time and peak memory.")
 def info_cmd(config, checkpoint, size, image_size, measure):
     """Parameters per part, FLOPs of one forward, the sliding window's windows and FLOPs per image."""
-    from pathlib import Path
-
     from base.network_input import inference_size
     from evaluate.sliding_window import count_windows
-    from model.info import forward_flops, measure_forward, model_parameter_counts
-    from model.memory import forward_attention_bytes
+    from analysis.info import info_report, measure_forward, model_parameter_counts
     from settings.files import load_config, resolve_config
-    from settings.schema import ConfigError
 
     if (config is None) == (checkpoint is None):
         raise UserError("give --config CFG or --checkpoint CKPT (one of them)")
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise UserError(f"{checkpoint}: checkpoint not found")
-    try:
-        cfg = load_config(config) if config else resolve_config(checkpoint, None)
-    except ConfigError as err:
-        raise UserError(str(err)) from None
+    cfg = load_config(config) if config else resolve_config(checkpoint, None)
     m, e = cfg.model, cfg.eval
     h, w = _parse_size("--size", size) if size else tuple(m.image_size)
     ih, iw = _parse_size("--image-size", image_size)
     if measure:
         _check_forward_fits(cfg, h, w, 1, f"--size {h}x{w}")
-    params = model_parameter_counts(m)
-    net = _info_net(cfg, checkpoint, params["total"]) if measure or checkpoint else None
-    flops = forward_flops(m, h, w)
-    click.echo(f"model: {m.backbone}, d_model {m.d_model}, {m.n_heads} heads, {m.n_layers} layers, patch "
-               f"{m.patch_size}; decoder {m.decoder.name} ({m.decoder.n_layers} layers); {m.n_cls} classes")
-    click.echo(f"parameters: {params['total']:,} = encoder {params['encoder']:,} (patch embedding "
-               f"{params['encoder.patch_embed']:,}, class + position tokens {params['encoder.tokens']:,}, blocks "
-               f"{params['encoder.blocks']:,}, final norm {params['encoder.norm']:,}) + decoder {params['decoder']:,}")
-    click.echo(f"forward 1x3x{h}x{w}: {flops['total'] / 1e9:.3f} GFLOPs (encoder {flops['encoder'] / 1e9:.3f}, "
-               f"decoder {flops['decoder'] / 1e9:.3f}; 2 per multiply-add of the matrix products, element-wise ops "
-               f"not counted); attention maps {forward_attention_bytes(m, h, w) / 2**20:.1f} MiB per block")
+    net = _info_net(cfg, checkpoint, model_parameter_counts(m)["total"]) if measure or checkpoint else None
     rh, rw = inference_size(ih, iw, e.infer_size)
     windows = count_windows(rh, rw, e.window_size, e.window_stride, e.flip, tuple(e.scales))
-    window_flops = forward_flops(m, e.window_size, e.window_size)["total"]
-    click.echo(f"sliding window on a {ih}x{iw} image (inference size {rh}x{rw}, window {e.window_size}, stride "
-               f"{e.window_stride}, flip {e.flip}, scales {e.scales}): {windows} windows, "
-               f"{windows * window_flops / 1e9:.1f} GFLOPs per image")
-    if measure:
-        got = measure_forward(net, h, w)
-        click.echo(f"measured on this machine ({cfg.device_target}): forward {got['seconds']:.3f} s, peak memory "
-                   f"{got['peak_after'] / 2**30:.2f} GiB ({(got['peak_after'] - got['peak_before']) / 2**30:.2f} GiB "
-                   "above the peak before the forward: graph, activations)")
+    for line in info_report(cfg, (h, w), (ih, iw), (rh, rw), windows, measure_forward(net, h, w) if measure else None):
+        click.echo(line)
 
 
 @main.command("export")
@@ -653,36 +583,26 @@ def export_cmd(checkpoint, config, out, size, fmt):
 
     from settings.files import resolve_config
 
-    from settings.schema import ConfigError
-    from model.checkpoint import CheckpointError
 
     h, w = _parse_size("--size", size)
     if Path(out).suffix != f".{fmt}":
         raise UserError(f"--out {out}: the file name must end in .{fmt} for --format {fmt}")
     if fmt == "onnx":
         _check_runtime("onnxruntime")
-    if not Path(checkpoint).is_file():
-        raise UserError(f"{checkpoint}: checkpoint not found")
-    try:
-        cfg = resolve_config(checkpoint, config)
-    except ConfigError as err:
-        raise UserError(str(err)) from None
+    cfg = resolve_config(checkpoint, config)
     _check_forward_fits(cfg, h, w, 1, f"--size {size}")
 
-    try:
-        net = _load_net(cfg, checkpoint, mode="graph")
-    except CheckpointError as err:
-        raise UserError(str(err)) from None
+    net = _load_net(cfg, checkpoint, mode="graph")
     n_cls = cfg.model.n_cls
     if fmt == "mindir":
-        from model.checkpoint import export_mindir
+        from deploy.mindir import export_mindir
 
         export_mindir(net, out, h, w)
         click.echo(f"{checkpoint} -> {out}: input (1,3,{h},{w}) float32 normalized, output (1,{n_cls},{h},{w})")
         return
     from base.atomic import write_bytes_atomic
-    from model.onnx_export import segmenter_onnx
-    from model.onnx_runtime import OnnxRunner, max_probability_difference
+    from deploy.onnx_export import segmenter_onnx
+    from deploy.onnx_runtime import OnnxRunner, max_probability_difference
 
     data = segmenter_onnx(net, h, w).SerializeToString()
     diff = max_probability_difference(net, OnnxRunner(data), h, w)

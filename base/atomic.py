@@ -6,6 +6,8 @@ on any failure the temporary file is removed and the target is left as it was.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,3 +83,21 @@ def png_bytes(image) -> bytes:
 def write_png_atomic(path, image) -> None:
     """`png_bytes(image)` written atomically; OSError naming `path` (with its errno) on failure."""
     write_bytes_atomic(path, png_bytes(image))
+
+
+@contextmanager
+def private_output(path: Path, suffix: str):
+    """A name for a library to write `path` under, inside a private folder beside it: MindSpore's
+    writers add temporary files of their own next to the name they are given, and removing the
+    folder takes them all, on success or failure. The finished file replaces `path` atomically."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as err:  # name the file the user asked for, not the private folder
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    try:
+        with atomic_path(path, suffix) as tmp:
+            inner = folder / tmp.name
+            yield inner
+            os.replace(inner, tmp)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

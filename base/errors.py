@@ -1,4 +1,17 @@
-"""Reading MindSpore's errors: its RuntimeErrors bury the useful line under a generic one."""
+"""The one user-facing error, and reading MindSpore's errors (its RuntimeErrors bury the useful
+line under a generic one)."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A bad input or a fault the user can fix: its text is `PATH: what`. Every package's errors
+    derive from it, and the command line catches it once, printing `error: PATH: what` (exit 2)."""
+
+    def __init__(self, message: str, path=None):
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(message if path is None else f"{path}: {message}")
+
 
 
 def mindspore_detail(err: Exception) -> str:

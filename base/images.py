@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from base.memory import available_memory_bytes, gib
+from base.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
@@ -36,7 +37,7 @@ _PIL_MODES = {"La": "LA", "RGBa": "RGBA", "RGBX": "RGBA", "I;16L": "I;16", "I;16
 _ROWS = 256  # rows scaled from 16 to 8 bits at a time: no full-size 32-bit temporary
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image that cannot be read, or is refused; the message is `PATH: reason`."""
 
     def __init__(self, path, reason: str):

@@ -1,6 +1,6 @@
 """The network's input made from uint8 RGB: (x - mean) / std, channels first, at the inference size.
 
-One definition for evaluation (`mindrecords.eval_pipeline`) and `predict`, so both feed the
+One definition for evaluation (`pipelines.eval_pipeline`) and `predict`, so both feed the
 network identical arrays; the train step computes the same formula inside its graph with the
 constants from `normalization` (`train.normalize`).
 """

@@ -44,7 +44,7 @@ from settings.schema import Config  # noqa: E402
 from evaluate.evaluator import evaluate_split  # noqa: E402
 from evaluate.metrics import ConfusionMatrix  # noqa: E402
 from evaluate.sliding_window import window_anchors  # noqa: E402
-from mindrecords.eval_pipeline import eval_dataset  # noqa: E402
+from pipelines.eval_pipeline import eval_dataset  # noqa: E402
 from base.device import setup_context  # noqa: E402
 from model.segmenter import build_segmenter  # noqa: E402
 

@@ -3,7 +3,7 @@
 Contenders, run in alternating rounds in one process on the same cores (the machine is shared,
 so only the ratios between contenders measured together mean much):
 
-  ours        mindrecords.train_pipeline.train_dataset: MindDataset, C decode, the native
+  ours        pipelines.train_pipeline.train_dataset: MindDataset, C decode, the native
               scale+crop+photometric op, C flip, native pad, uint8 batches (normalization
               runs in the train step's graph, not here).
   seed        the approach this project replaces: per-sample Python augmentation in dataset
@@ -43,7 +43,7 @@ import mindspore.dataset.vision as vision  # noqa: E402
 
 from settings.schema import Config  # noqa: E402
 from mindrecords.manifest import split_shard_files  # noqa: E402
-from mindrecords.train_pipeline import train_dataset  # noqa: E402
+from pipelines.train_pipeline import train_dataset  # noqa: E402
 from base.labels import label_to_train_lut  # noqa: E402
 
 HEIGHT, WIDTH = 1024, 2048

@@ -51,7 +51,7 @@ def prepare(work: Path, size: int, config: str) -> tuple[Path, Path]:
     if not ckpt.exists():
         sys.path.insert(0, str(REPO))
         from settings.files import load_config
-        from model.checkpoint import save_model
+        from weights.checkpoint import save_model
         from base.device import setup_context
         from model.segmenter import build_segmenter
 

@@ -11,7 +11,7 @@ Tasks (random weights, the same architecture, width, depth, heads and token coun
                                step of bench/bench_train.py, with loss scaling and clipping; PyTorch:
                                SGD momentum 0.9 on cross-entropy with ignore index 255); time and
                                peak RSS of the process
-  onnx_tiny                    the forward at 768 on ONNX Runtime: our export (model/onnx_export.py)
+  onnx_tiny                    the forward at 768 on ONNX Runtime: our export (deploy/onnx_export.py)
                                against torch.onnx.export of the PyTorch model (opset 17)
 The PyTorch model is bench/torch_segmenter.py (the official blocks' math, eager mode).
 
@@ -72,7 +72,7 @@ def _ours(task: str, repeats: int, threads: int, ms_threads: int | None) -> floa
         return _timed(lambda: sliding_window_probs(net, image, 19, 768, 512, batch_windows=4), repeats)
     x = rng.randn(1, 3, 768, 768).astype(np.float32)
     if task == "onnx_tiny":
-        from model.onnx_runtime import onnx_runner
+        from deploy.onnx_runtime import onnx_runner
 
         runner = onnx_runner(net, 768, threads)
         return _timed(lambda: runner(x), repeats)
@@ -105,7 +105,7 @@ def _pytorch(task: str, repeats: int, threads: int, ms_threads: int | None) -> f
         return _timed(lambda: torch_segmenter.sliding_window(net, image, 768, 512, 4).numpy(), repeats)
     x = torch.from_numpy(rng.randn(1, 3, 768, 768).astype(np.float32))
     if task == "onnx_tiny":
-        from model.onnx_runtime import OnnxRunner
+        from deploy.onnx_runtime import OnnxRunner
 
         buf = io.BytesIO()
         torch.onnx.export(net, (x,), buf, opset_version=17, input_names=["image"], output_names=["logits"],

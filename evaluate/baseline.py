@@ -14,7 +14,7 @@ import numpy as np
 
 from settings.schema import Config
 from evaluate.metrics import ConfusionMatrix, compute_metrics
-from mindrecords.eval_pipeline import eval_dataset
+from pipelines.eval_pipeline import eval_dataset
 from base.labels import NUM_CLASSES
 
 

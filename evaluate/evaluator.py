@@ -14,21 +14,22 @@ import numpy as np
 
 from settings.schema import Config
 from evaluate.metrics import ConfusionMatrix, compute_metrics
-from evaluate.predictions import prediction_set
+from evaluate.prediction_sets import prediction_set
 from evaluate.sliding_window import sliding_window_predict
-from mindrecords.eval_pipeline import eval_dataset
+from pipelines.eval_pipeline import eval_dataset
 from mindrecords.manifest import split_shard_files
 from mindrecords.reader import read_batches
+from base.errors import UserError
 from base.atomic import write_text_atomic
 from base.device import all_reduce_counts
-from base.labels import NUM_CLASSES
+from base.labels import NUM_CLASSES, check_n_cls
 from base.progress import Progress
 
 # Splits whose labels are all void (the benchmark keeps the test ground truth private).
 NO_GROUND_TRUTH_SPLITS = ("test",)
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """Evaluation cannot proceed; the message names the file or setting at fault."""
 
 
@@ -49,10 +50,7 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     inference (the argmax included: it runs band by band there; the `argmax` entry stays 0, kept
     for bench/bench_eval.py's side-by-side table), in metric accumulation and in writing predictions.
     """
-    if cfg.model.n_cls != NUM_CLASSES:
-        source = checkpoint or "the model config"
-        raise EvalError(f"{source}: the model predicts {cfg.model.n_cls} classes but Cityscapes data "
-                        f"has {NUM_CLASSES} (model.n_cls must be {NUM_CLASSES})")
+    check_n_cls(cfg.model.n_cls, checkpoint or "model.n_cls")
     if save_predictions is not None and group_size > 1:
         raise EvalError(f"{save_predictions}: --save-predictions writes one prediction set from one process; "
                         "run it without msrun")

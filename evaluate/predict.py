@@ -27,7 +27,7 @@ from evaluate.predict_inputs import KIND, Inputs, Item, PredictError, frame_path
 from evaluate.sliding_window import sliding_window_predict
 from base.atomic import check_can_create_dir, png_bytes
 from base.ownership import WrittenFiles
-from base.labels import NUM_CLASSES, colorize
+from base.labels import check_n_cls, colorize
 from base.progress import Progress
 
 WINDOW_PROGRESS = 16  # an image with more windows than this shows a bar of its own
@@ -36,9 +36,7 @@ VIDEO_OVERLAY = 0.5  # a video's frames are always overlays: this opacity unless
 
 def check_output(cfg, out_dir) -> None:
     """Before the model loads: the classes must be Cityscapes' and OUT must be a writable folder."""
-    if cfg.model.n_cls != NUM_CLASSES:
-        raise PredictError(f"model.n_cls: the model predicts {cfg.model.n_cls} classes; predict writes Cityscapes "
-                           f"trainIds and colours, which need {NUM_CLASSES}")
+    check_n_cls(cfg.model.n_cls)
     try:
         check_can_create_dir(out_dir)
     except OSError as err:

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 from PIL import Image, UnidentifiedImageError
 
+from base.errors import UserError
 from base.images import ImageError, read_info
 from base.ownership import WRITTEN, WrittenFiles
 
@@ -32,7 +33,7 @@ KIND = "predict"  # the command named in the ownership log and the output folder
 FRAME_FILE = re.compile(r"frame_\d{6,}\.png")  # what predict writes into a video's frame folder
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """A bad input image or output location; the message names the file."""
 
 

@@ -81,7 +81,7 @@ def _coverage(size: int, window: int, anchors) -> np.ndarray:
 def run_windows(net, crops: np.ndarray) -> np.ndarray:
     """Logits (B, n_cls, win, win) of a batch of window crops: `net` is a MindSpore Cell, or any
     callable from a float32 NumPy batch to NumPy logits (the ONNX Runtime session,
-    model/onnx_runtime.py)."""
+    deploy/onnx_runtime.py)."""
     import mindspore as ms  # here: sizes and counts (evaluate/cost.py, `info`) need no MindSpore
 
     if isinstance(net, ms.nn.Cell):

@@ -12,12 +12,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from base.errors import UserError
 from base.atomic import write_bytes_atomic
 from mindrecords.schema import (MANIFEST, PATH_FIELDS, PIXEL_COLUMNS, STATE_DIR, SUMMARY, check_path_field,
                                 check_split_name, is_shard_name)
 
 
-class MindRecordError(Exception):
+class MindRecordError(UserError):
     """A built split that is missing, incomplete or damaged; the message names the file."""
 
 

@@ -215,7 +215,9 @@ def config_beside(checkpoint: str | os.PathLike) -> Path:
 
 
 def resolve_config(checkpoint: str | os.PathLike | None, config: str | os.PathLike | None) -> Config:
-    """`--config` wins; otherwise the config beside `--checkpoint`."""
+    """`--config` wins; otherwise the config beside `--checkpoint`. A given checkpoint must exist."""
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ConfigError(f"{checkpoint}: checkpoint not found")
     if config is not None:
         return load_config(config)
     if checkpoint is None:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
 from base.messages import short_repr
+from base.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be used; the message names the key (and file)."""
 
 

@@ -35,7 +35,7 @@ def tiny_checkpoint(folder: Path, extra=()):
     """A randomly initialised tiny model saved the way `train` saves (with optimizer./state. entries)."""
     import mindspore as ms
 
-    from model.checkpoint import save_model
+    from weights.checkpoint import save_model
     from base.device import setup_context
     from model.segmenter import build_segmenter
 
@@ -239,7 +239,7 @@ def test_interrupted_run_keeps_the_previous_complete_set(built, tmp_path):
     from settings.files import resolve_config
     from evaluate.evaluator import evaluate_split
     from evaluate.sliding_window import run_windows
-    from model.checkpoint import load_model
+    from weights.checkpoint import load_model
 
     cfg = resolve_config(built["ckpt"], None)
     net = load_model(built["ckpt"], cfg)
@@ -313,7 +313,7 @@ def test_unwritable_outputs_are_refused_before_the_model_loads(built, tmp_path, 
     def must_not_load(*a, **k):
         raise AssertionError("the model was loaded before the output location was checked")
 
-    monkeypatch.setattr("model.checkpoint.load_model", must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", must_not_load)
     for extra in (["--save-predictions", locked / "preds"], ["--json", locked / "m.json"]):
         r = run("eval", "--checkpoint", built["ckpt"], "--data", built["out"], *extra)
         assert r.exit_code == 2, r.output + r.stderr

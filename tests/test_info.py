@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 import cli
 from base.device import setup_context
-from model.info import forward_flops, parameter_counts
+from analysis.info import forward_flops, parameter_counts
 from model.segmenter import build_segmenter
 from settings.files import apply_overrides, save_config
 from settings.schema import Config

@@ -1,15 +1,6 @@
 """Imports run one way: each package imports only the layers below it, and no modules import
-each other in a cycle (imports inside functions count too).
-
-    base         label table, atomic files, progress, errors, checksums, ownership, resize, input
-    settings     the config schema and config files                       -> base
-    mindrecords  the format: schema, writer, manifest, reader, verify,
-                 pipelines                                               -> base, settings
-    prep         the build stage (Cityscapes -> MindRecord)              -> base, mindrecords
-    model        the network, checkpoints, weight import                 -> base, settings
-    evaluate     sliding window, metrics, eval, predict                  -> base, settings, mindrecords, model
-    train        the training run                                        -> base, settings, mindrecords, model,
-                                                                            evaluate (periodic validation)
+each other in a cycle (imports inside functions count too). LAYERS is the one list: the README's
+layout table is checked against it.
 """
 from __future__ import annotations
 
@@ -22,10 +13,14 @@ LAYERS = {
     "base": set(),
     "settings": {"base"},
     "mindrecords": {"base", "settings"},
+    "pipelines": {"base", "settings", "mindrecords"},
     "prep": {"base", "mindrecords"},
     "model": {"base", "settings"},
-    "evaluate": {"base", "settings", "mindrecords", "model"},
-    "train": {"base", "settings", "mindrecords", "model", "evaluate"},
+    "weights": {"base", "settings", "model"},
+    "analysis": {"base", "settings", "model"},
+    "deploy": {"base", "settings", "model", "weights"},
+    "evaluate": {"base", "settings", "mindrecords", "pipelines", "model", "weights", "analysis", "deploy"},
+    "train": {"base", "settings", "mindrecords", "pipelines", "model", "weights", "analysis", "evaluate"},
 }
 
 
@@ -102,9 +97,24 @@ def test_the_graph_sees_every_kind_of_import():
 
 
 def test_the_checks_catch_a_reach_back_and_a_cycle():
-    assert layer_violations({"mindrecords.eval_pipeline": {"model.segmenter"}}) != []
+    assert layer_violations({"pipelines.eval_pipeline": {"model.segmenter"}}) != []
     assert layer_violations({"prep.build": {"train.loop"}}) != []
     assert layer_violations({"train.loop": {"evaluate.evaluator", "base.labels"}}) == []
     assert find_cycle({"train.step": {"train.block_step"}, "train.block_step": {"train.step"}}) == \
         ["train.block_step", "train.step", "train.block_step"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def readme_layers() -> dict[str, set]:
+    """package -> the packages the README's layout table says it may import."""
+    table = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith("/`") and cells[2]:
+            may = cells[2]
+            table[cells[0].strip("`/")] = set() if may == "nothing" else {p.strip() for p in may.split(",")}
+    return table
+
+
+def test_the_readme_layout_table_is_the_list_of_layers():
+    assert readme_layers() == LAYERS

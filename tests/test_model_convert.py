@@ -15,10 +15,10 @@ from click.testing import CliRunner
 import cli
 from settings.files import save_config
 from settings.schema import Config, ModelConfig
-from model.checkpoint import CheckpointError, load_model
-from model.convert import load_release
+from weights.checkpoint import CheckpointError, load_model
+from weights.convert import load_release
 from base.device import setup_context
-from model.torch_pickle import load_torch_file
+from weights.torch_pickle import load_torch_file
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 RELEASE = GOLDEN / "seg_golden_mask"
@@ -96,7 +96,7 @@ def test_unexpected_missing_and_misshaped_release_tensors(monkeypatch):
     del model["decoder.cls_emb"]
     model["encoder.norm.bias"] = np.zeros(5, np.float32)
     model["encoder.head.weight"] = np.zeros((10, 64), np.float32)  # the ImageNet head is dropped, not an error
-    monkeypatch.setattr("model.convert.load_torch_file", lambda path: state)
+    monkeypatch.setattr("weights.convert.load_torch_file", lambda path: state)
     with pytest.raises(CheckpointError) as err:
         load_release(RELEASE)
     msg = str(err.value)

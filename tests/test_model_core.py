@@ -9,7 +9,7 @@ from settings.files import load_config
 
 from settings.schema import Config, DecoderConfig, ModelConfig
 from evaluate.sliding_window import sliding_window_probs, window_anchors
-from model.checkpoint import CheckpointError, load_model, save_model
+from weights.checkpoint import CheckpointError, load_model, save_model
 from base.resize import resize_bilinear, source_rows
 from base.device import setup_context
 from model.segmenter import build_segmenter

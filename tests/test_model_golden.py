@@ -15,7 +15,7 @@ from PIL import Image
 import cli
 from settings.files import load_config, save_config
 from settings.schema import Config, ModelConfig
-from model.checkpoint import load_model
+from weights.checkpoint import load_model
 from base.device import setup_context
 from base.labels import colorize
 from base.ownership import WRITTEN

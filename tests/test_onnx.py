@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 import cli
 from base.device import setup_context
-from model.onnx_export import segmenter_onnx
-from model.onnx_runtime import OnnxRunner, max_probability_difference
+from deploy.onnx_export import segmenter_onnx
+from deploy.onnx_runtime import OnnxRunner, max_probability_difference
 from model.segmenter import build_segmenter
 from settings.schema import DecoderConfig, ModelConfig
 from test_model_golden import GOLDEN, IMAGE, TOL, converted, run  # noqa: F401  (converted: a fixture)

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mindrecords.augment import (AxisGrid, PadToCrop, Photometric, ScaleCropPhotometric, axis_grid, crop_passes,
+from pipelines.augment import (AxisGrid, PadToCrop, Photometric, ScaleCropPhotometric, axis_grid, crop_passes,
                                  rescale_size, resize_crop)
 from mindrecords.schema import decode_label
 

@@ -7,7 +7,7 @@ import pytest
 
 from settings.schema import Config, ConfigError
 from mindrecords.manifest import MindRecordError
-from mindrecords.train_pipeline import build_train_dataset
+from pipelines.train_pipeline import build_train_dataset
 from mindrecords.writer import write_shard
 from test_pipeline_augment import _coded_pair, _decode_colours, _interior, _palette
 
@@ -218,7 +218,7 @@ def test_an_epoch_is_a_permutation_of_the_split(id_files):
 
 
 def test_epoch_ids_are_the_order_the_pipeline_reads(id_files):
-    from mindrecords.train_pipeline import epoch_indices, pipeline_seed
+    from pipelines.train_pipeline import epoch_indices, pipeline_seed
 
     cfg = _cfg()
     for rank, ranks in ((0, 1), (0, 3), (2, 3)):

@@ -10,8 +10,8 @@ from settings.files import save_config
 
 from settings.schema import Config
 from mindrecords.manifest import MindRecordError
-from mindrecords.inspect import panel
-from mindrecords.train_pipeline import train_dataset
+from pipelines.inspection import panel
+from pipelines.train_pipeline import train_dataset
 from base.labels import colorize
 
 CROP = 32

@@ -69,7 +69,7 @@ def test_folder_of_unreadable_files_only_is_an_error(ckpt, tmp_path, monkeypatch
     src.mkdir()
     (src / "x.png").write_bytes(b"garbage")
     (src / "y.jpg").write_bytes(b"")
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", src, "--checkpoint", ckpt, "--out", tmp_path / "out")
     assert r.exit_code == 2 and f"error: {src}: none of the 2 images found can be read" in r.stderr
     assert not (tmp_path / "out").exists()
@@ -83,7 +83,7 @@ def test_folder_of_unreadable_files_only_is_an_error(ckpt, tmp_path, monkeypatch
 def test_an_explicit_unreadable_file_stays_fatal_before_the_model_loads(ckpt, tmp_path, monkeypatch):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"garbage")
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", IMAGE, bad, "--checkpoint", ckpt, "--out", tmp_path / "out")
     assert r.exit_code == 2 and f"error: {bad}: not a readable image" in r.stderr
     assert not (tmp_path / "out").exists()
@@ -100,7 +100,7 @@ def test_glob_patterns(ckpt, reference, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == [WRITTEN, "one.png", "one_color.png", "two.png", "two_color.png"]
     np.testing.assert_array_equal(_ids(out / "two.png"), reference)
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", f"{src}/*.tif", "--checkpoint", ckpt, "--out", tmp_path / "o2")
     assert r.exit_code == 2 and "no image matches this pattern" in r.stderr
 
@@ -122,7 +122,7 @@ def test_folder_predicted_into_itself_never_overwrites(ckpt, tmp_path, monkeypat
     src = tmp_path / "in"
     src.mkdir()
     (src / "a.png").write_bytes(IMAGE.read_bytes())
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", src, "--checkpoint", ckpt, "--out", src)
     assert r.exit_code == 2 and "is an input; predict never overwrites an input" in r.stderr
     assert sorted(p.name for p in src.iterdir()) == ["a.png"]
@@ -179,7 +179,7 @@ def test_video_gives_an_overlay_video_and_frame_labels(ckpt, tmp_path, suffix, c
 def test_unreadable_video_is_fatal_before_the_model_loads(ckpt, tmp_path, monkeypatch):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", bad, "--checkpoint", ckpt, "--out", tmp_path / "out")
     assert r.exit_code == 2 and f"error: {bad}: not a readable video" in r.stderr
     assert not (tmp_path / "out").exists()

@@ -49,7 +49,7 @@ def _whole_map_reference(net, image, n_cls, window, stride, batch, flip, scales,
 @pytest.mark.parametrize("out_size, scales", [((150, 190), (1.0,)), ((150, 190), (0.75, 1.0, 1.5)),
                                               ((40, 56), (0.75, 1.0, 1.5, 2.0))])
 def test_bands_are_bit_identical_to_whole_maps(ckpt, monkeypatch, out_size, scales):
-    from model.checkpoint import load_model
+    from weights.checkpoint import load_model
 
     cfg = resolve_config(ckpt, None)
     net = load_model(ckpt, cfg)
@@ -74,7 +74,7 @@ def test_saved_probabilities_in_bands_match_the_official_golden(tmp_path, monkey
 
 def test_large_image_memory_is_bounded_and_windows_show_progress(ckpt, tmp_path):
     from evaluate.predict import predict_image
-    from model.checkpoint import load_model
+    from weights.checkpoint import load_model
 
     h, w = 2400, 2400
     yy, xx = np.mgrid[0:h, 0:w]
@@ -99,7 +99,7 @@ def test_large_image_memory_is_bounded_and_windows_show_progress(ckpt, tmp_path)
 
 def test_class_count_other_than_cityscapes_is_refused(tmp_path, monkeypatch):
     other = tiny_checkpoint(tmp_path, extra=["model.n_cls=5"])
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", IMAGE, "--checkpoint", other, "--out", tmp_path / "p")
     assert r.exit_code == 2 and "model.n_cls: the model predicts 5 classes" in r.stderr
     assert not (tmp_path / "p").exists()
@@ -114,7 +114,7 @@ def test_never_overwrites_an_input(ckpt, tmp_path, monkeypatch):
     folder.mkdir()
     image = folder / "scene.png"
     image.write_bytes(IMAGE.read_bytes())
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", image, "--checkpoint", ckpt, "--out", folder)
     assert r.exit_code == 2 and f"{image}: is an input; predict never overwrites an input" in r.stderr
     assert image.read_bytes() == IMAGE.read_bytes() and sorted(p.name for p in folder.iterdir()) == ["scene.png"]
@@ -124,7 +124,7 @@ def test_unwritable_out_is_refused_before_the_model_loads(ckpt, tmp_path, read_o
     locked = tmp_path / "locked"
     locked.mkdir()
     read_only(locked)
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", IMAGE, "--checkpoint", ckpt, "--out", locked / "p")
     assert r.exit_code == 2 and f"error: {locked}: cannot write predictions here (Read-only file system)" in r.stderr
     (tmp_path / "file").write_text("x")
@@ -140,7 +140,7 @@ def test_image_over_the_pixel_limit(ckpt, tmp_path, monkeypatch):
 
 
 def test_windows_and_sizes_no_machine_can_run(ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", IMAGE, "--checkpoint", ckpt, "--out", tmp_path / "p", "--window", 100000, "--stride", 100000)
     assert r.exit_code == 2 and "--window 100000: one forward of 3 x 100000x100000 needs about" in r.stderr
     assert "more than this machine's" in r.stderr and not (tmp_path / "p").exists()

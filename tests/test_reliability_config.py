@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 import cli
 from base.device import setup_context
-from model.checkpoint import CheckpointError, load_model, save_model
-from model.convert import config_from_variant
+from weights.checkpoint import CheckpointError, load_model, save_model
+from weights.convert import config_from_variant
 from model.segmenter import build_segmenter
-from model.torch_pickle import TorchFileError, load_torch_file
+from weights.torch_pickle import TorchFileError, load_torch_file
 from settings.files import apply_overrides, config_beside, load_config, parse_yaml, save_config
 from settings.schema import Config, ConfigError, DecoderConfig, ModelConfig, config_from_dict
 from peak import cli_peak as measured
@@ -287,7 +287,7 @@ def test_an_older_checkpoint_is_checked_against_what_its_shapes_imply(tmp_path, 
 
     def never(*_):
         raise AssertionError("the network was built before the config was checked")
-    monkeypatch.setattr("model.checkpoint.build_segmenter", never)
+    monkeypatch.setattr("weights.checkpoint.build_segmenter", never)
     huge = tiny_cfg(d_model=16384, n_heads=16, n_layers=48)
     with pytest.raises(CheckpointError) as err:
         load_model(old, huge)

@@ -344,7 +344,7 @@ def test_a_manifest_whose_strings_unpack_to_gigabytes_is_refused(out):
 # -- 7. a zeroed shard index ---------------------------------------------------------------------
 
 def test_a_zeroed_index_is_named_by_every_reader(out, tmp_path):
-    from mindrecords.train_pipeline import train_dataset
+    from pipelines.train_pipeline import train_dataset
     from settings.files import load_config
 
     db = out / "train" / "train.mindrecord001.db"

@@ -187,7 +187,7 @@ def test_huge_image_and_label_are_refused_in_bounded_memory(ckpt, tmp_path):
 # --- sizes of the sliding window: settings, then each image or record --------------------------------
 
 def test_scales_and_infer_size_no_image_could_run_are_refused_before_the_model_loads(ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     for option, value in (("--scales", "100000"), ("--infer-size", "50000")):
         r = run("predict", IMAGE, "--checkpoint", ckpt, "--out", tmp_path / "p", option, value)
         assert r.exit_code == 2 and f"error: {option} {value}: any image is run at" in r.stderr, r.stderr
@@ -207,7 +207,7 @@ def test_scales_refusal_costs_little_memory(ckpt, tmp_path):
 def test_an_extreme_aspect_ratio_is_announced_or_refused_by_name(ckpt, tmp_path, monkeypatch):
     thin = tmp_path / "thin.png"
     cv2.imwrite(str(thin), np.full((20, 20000, 3), 90, np.uint8))
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", thin, "--checkpoint", ckpt, "--out", tmp_path / "p", "--infer-size", 64)
     # 64 x 64000 at inference: 1333 windows of 64 at stride 48, where a 1024x2048 frame (64x128) takes 3.
     assert f"warning: {thin}: 20x20000 is run at up to 64x64000" in r.stderr, r.stderr
@@ -227,7 +227,7 @@ def test_eval_refuses_a_record_too_large_before_the_model_loads(built, tmp_path,
 
     out, ckpt = built["out"], built["ckpt"]
     (h, w, record, count), = split_sizes(out, "val")
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("eval", "--checkpoint", ckpt, "--data", out, "--infer-size", 50000)
     assert r.exit_code == 2 and "error: --infer-size 50000: any image is run at 50000x50000" in r.stderr, r.stderr
     cfg = cli._inference_config(ckpt, None, None, None, None, None, None, None)
@@ -265,7 +265,7 @@ def test_make_sample_frame_too_large_is_refused_up_front(tmp_path):
 ])
 def test_parameters_counted_from_the_config_equal_the_built_model(overrides):
     from base.device import setup_context
-    from model.info import model_parameter_counts, parameter_counts
+    from analysis.info import model_parameter_counts, parameter_counts
     from model.segmenter import build_segmenter
     from settings.files import apply_overrides, load_config
     from settings.schema import Config
@@ -276,7 +276,7 @@ def test_parameters_counted_from_the_config_equal_the_built_model(overrides):
 
 
 def test_info_on_a_huge_model_builds_nothing(tmp_path):
-    from model.info import model_parameter_counts
+    from analysis.info import model_parameter_counts
     from settings.files import load_config
 
     config = tmp_path / "huge.yaml"

@@ -81,7 +81,7 @@ def test_eval_json_never_replaces_what_the_run_reads(ckpt, tmp_path, monkeypatch
         (tmp_path / "preds").mkdir()
         args += ["--save-predictions", tmp_path / "preds"]
     before = files(tmp_path)
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("eval", *args, "--json", target)
     assert r.exit_code == 2, r.output + r.stderr
     assert f"error: {target}: {role}" in r.stderr and "--json must name a file of its own" in r.stderr
@@ -91,7 +91,7 @@ def test_eval_json_never_replaces_what_the_run_reads(ckpt, tmp_path, monkeypatch
 def test_prediction_folder_inside_the_data_is_refused(ckpt, tmp_path, monkeypatch):
     data = tmp_path / "data"
     (data / "val").mkdir(parents=True)
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("eval", "--checkpoint", ckpt, "--data", data, "--save-predictions", data / "val" / "preds")
     assert r.exit_code == 2 and "is inside the data folder (--data) of this run" in r.stderr, r.stderr
     assert sorted(p.name for p in data.rglob("*")) == ["val"]
@@ -123,7 +123,7 @@ def test_predict_never_replaces_a_file_it_did_not_write(ckpt, tmp_path, monkeypa
     source = tmp_path / "scene.png"
     source.write_bytes(IMAGE.read_bytes())
     before = files(tmp_path)
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", source, "--checkpoint", ckpt, "--out", out)
     assert r.exit_code == 2 and f"error: {victim}: exists and was not written by predict" in r.stderr, r.stderr
     assert files(tmp_path) == before and sorted(p.name for p in out.iterdir()) == [victim.name]  # no lock, no log
@@ -177,7 +177,7 @@ def test_frames_of_a_video_folder_are_checked(ckpt, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.stderr
     frame = out / "clip_frames" / "frame_000001.png"
     frame.write_bytes(b"mine now")
-    monkeypatch.setattr("model.checkpoint.load_model", _must_not_load)
+    monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", clip, "--checkpoint", ckpt, "--out", out, "--frames")
     assert r.exit_code == 2 and f"error: {frame}: exists and was not written by predict" in r.stderr
 
@@ -187,7 +187,7 @@ def test_frames_of_a_video_folder_are_checked(ckpt, tmp_path, monkeypatch):
 @pytest.mark.parametrize("city, image_id", [("../../../../escape", "x"), ("frankfurt", "../../../escape"),
                                             ("ABSOLUTE", "x"), ("", "x"), ("frankfurt", "")])
 def test_prediction_writer_refuses_a_path_outside_its_folder(tmp_path, city, image_id):
-    from evaluate.predictions import PredictionError, prediction_set
+    from evaluate.prediction_sets import PredictionError, prediction_set
 
     city = str(tmp_path / "abs") if city == "ABSOLUTE" else city
     preds = tmp_path / "deep" / "er" / "preds"
@@ -203,7 +203,7 @@ def test_prediction_writer_refuses_a_path_outside_its_folder(tmp_path, city, ima
 
 
 def test_prediction_writer_keeps_nested_ids_inside(tmp_path):
-    from evaluate.predictions import prediction_set
+    from evaluate.prediction_sets import prediction_set
 
     with prediction_set(tmp_path / "preds", "val") as writer:
         writer.add("a/b", "c", np.zeros((4, 6), np.uint8), np.zeros((4, 6, 3), np.uint8))

@@ -186,7 +186,7 @@ def _tensor(value):
 
 
 def _nan_weight(entries: dict) -> None:
-    from model.checkpoint import NON_MODEL_PREFIXES
+    from weights.checkpoint import NON_MODEL_PREFIXES
 
     name = next(k for k in entries if not k.startswith(NON_MODEL_PREFIXES))
     array = entries[name].asnumpy().copy()

@@ -70,7 +70,7 @@ def test_two_msrun_workers_share_the_batch_validate_together_and_end_identical(d
     import json
 
     from evaluate.evaluator import evaluate_split
-    from model.checkpoint import load_model
+    from weights.checkpoint import load_model
     from settings.files import load_config
 
     cfg, work = dist_run

@@ -71,7 +71,7 @@ def full_run(tiny_data, tmp_path_factory):
 
 
 def test_run_writes_checkpoints_metrics_and_curves(full_run):
-    from model.checkpoint import load_model
+    from weights.checkpoint import load_model
     from settings.files import load_config
 
     cfg_path, run, result = full_run
@@ -207,7 +207,7 @@ def test_nonfinite_loss_stops_naming_the_step(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("level,step_graph", [("O1", "per_block"), ("O2", "per_block"), ("O2", "whole")])
 def test_mixed_precision_trains_the_segmenter(full_run, tiny_data, tmp_path, level, step_graph):
-    from model.checkpoint import NON_MODEL_PREFIXES
+    from weights.checkpoint import NON_MODEL_PREFIXES
     from settings.files import load_config
     from train.checkpoint import read_checkpoint
     from train.loop import train

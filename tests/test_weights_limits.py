@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from model.torch_pickle import TorchFileError, _rebuild_tensor_v2, load_torch_file
+from weights.torch_pickle import TorchFileError, _rebuild_tensor_v2, load_torch_file
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "fixtures" / "golden"
@@ -61,9 +61,9 @@ import json, sys
 sys.path.insert(0, {str(ROOT)!r})
 try:
     if {kind!r} == "pth":
-        from model.torch_pickle import load_torch_file as load
+        from weights.torch_pickle import load_torch_file as load
     else:
-        from model.npz_reader import read_npz as load
+        from weights.npz_reader import read_npz as load
     load({str(path)!r})
     error = None
 except Exception as err:
@@ -170,7 +170,7 @@ def test_npz_header_declaring_a_huge_shape(tmp_path):
 
 def test_npz_data_shorter_than_its_header(tmp_path):
     npz = _npz_with_header(tmp_path / "short.npz", (4, 4), b"\0" * 12)
-    from model.npz_reader import NpzError, read_npz
+    from weights.npz_reader import NpzError, read_npz
 
     with pytest.raises(NpzError, match="holds 12 data bytes, its header declares 64"):
         read_npz(npz)

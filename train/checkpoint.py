@@ -1,6 +1,6 @@
 """Training checkpoints: model weights + optimizer/loss-scale/RNG/step state, atomically written.
 
-A training checkpoint is a model checkpoint (written by `model.checkpoint.save_model`, so
+A training checkpoint is a model checkpoint (written by `weights.checkpoint.save_model`, so
 `load_model` reads it and the config travels beside it) with extra entries whose keys start
 with `optimizer.` (every optimizer Parameter that is not a model weight: moments, step, lr)
 or `state.` (step, loss scale, RNG state, best score, and `state.run_config`: the config the run
@@ -21,6 +21,7 @@ import numpy as np
 
 from settings.files import config_beside
 
+from base.errors import UserError
 from settings.schema import Config, ConfigError, config_from_dict, config_to_dict
 
 STEP_RE = re.compile(r"^step_(\d{7,})\.ckpt$")
@@ -37,7 +38,7 @@ RNG = "state.rng"
 RUN_CONFIG = "state.run_config"
 
 
-class TrainError(ValueError):
+class TrainError(UserError, ValueError):
     """Training cannot start or continue; the message names the file or key at fault."""
 
 
@@ -70,7 +71,7 @@ def save_training_checkpoint(path: Path, net, cfg: Config, optimizer_params: dic
                              run_config: Config) -> None:
     """Write `path` and its config atomically; `state` maps names (without `state.`) to numbers,
     `run_config` is the config the run started with (a resume checks RUN/config.yaml against it)."""
-    from model.checkpoint import save_model
+    from weights.checkpoint import save_model
 
     extra = {f"optimizer.{name}": param for name, param in optimizer_params.items()}
     extra["state.loss_scale"] = _scalar(np.float32(scaler.scale_value.asnumpy()))

@@ -9,8 +9,8 @@ from train.checkpoint import TrainError
 
 def initial_net(cfg: Config, log):
     """A fresh network, or one initialized from `model.pretrained` (converted .ckpt or Google ViT .npz)."""
-    from model.checkpoint import load_model
-    from model.convert import init_from_npz
+    from weights.checkpoint import load_model
+    from weights.convert import init_from_npz
     from model.segmenter import build_segmenter
 
     source = cfg.model.pretrained

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from base.device import init_distributed, setup_context
-from base.labels import NUM_CLASSES
+from base.labels import check_n_cls
 from base.progress import Progress
 from mindrecords.manifest import MindRecordError, split_shard_files
 from mindrecords.reader import read_batches
-from mindrecords.train_pipeline import train_dataset
+from pipelines.train_pipeline import train_dataset
 from settings.schema import Config, resolved_step_graph
 from train.checkpoint import BEST, TrainError, TrainingCheckpoint, read_checkpoint, restore, rotate, \
     save_training_checkpoint, step_checkpoint_name
@@ -48,9 +48,7 @@ class TrainResult:
 def check_data(cfg: Config, data_root) -> None:
     """What would otherwise fail hours into the run: the classes the model predicts against the
     data's, and the val split periodic validation reads."""
-    if cfg.model.n_cls != NUM_CLASSES:
-        raise TrainError(f"model.n_cls: the model predicts {cfg.model.n_cls} classes, the Cityscapes trainId labels "
-                         f"have {NUM_CLASSES} (labels 0..{NUM_CLASSES - 1}, {cfg.data.ignore_index} ignored)")
+    check_n_cls(cfg.model.n_cls)
     if cfg.train.eval_every > 0:
         try:
             split_shard_files(data_root, cfg.data.val_split)

@@ -17,7 +17,7 @@ from base.overlay import overlay
 from base.ownership import make_staging, swap_in, why_not_replaceable
 from mindrecords.manifest import MindRecordError
 from mindrecords.reader import read_batches
-from mindrecords.train_pipeline import train_dataset
+from pipelines.train_pipeline import train_dataset
 from settings.schema import Config
 
 

@@ -8,7 +8,7 @@ act only on the containers a state dict is made of (dicts, lists), never on the 
 functions or on tensors.
 
 Memory stays in proportion to the file: every zip member is read with a bound
-(model/bounded_zip.py), a storage must hold exactly the bytes its id declares, a tensor may not
+(weights/bounded_zip.py), a storage must hold exactly the bytes its id declares, a tensor may not
 view more elements than its storage holds past its offset (no zero strides that repeat one
 value into gigabytes), and all tensors together may not declare more bytes than the storages hold.
 The containers are bounded too, as each is built: a container counts one plus what each of its
@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from base.errors import UserError
 from base.messages import cut, short_repr
-from model.bounded_zip import BoundedZip, BoundExceeded
+from weights.bounded_zip import BoundedZip, BoundExceeded
 
 MAX_ITEMS = 1 << 20  # expanded items of any one container; a state dict holds a few thousand
 MAX_DIMS = 32  # the most dimensions a numpy 1.x array can have
 
 
-class TorchFileError(ValueError):
+class TorchFileError(UserError, ValueError):
     """A .pth that cannot be read safely; the message names the file."""
 
 

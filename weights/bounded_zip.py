@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from base.errors import UserError
 import zipfile
 
 # Inflated bytes allowed per byte of file: float weights deflate by ~1.1x; 8x leaves ample room.
@@ -18,7 +19,7 @@ INFLATE_RATIO = 8
 INFLATE_SLACK = 1 << 20  # small files (tiny test models, metadata members) need a floor
 
 
-class BoundExceeded(ValueError):
+class BoundExceeded(UserError, ValueError):
     """A member would inflate past the caller's expectation or the archive's budget."""
 
 

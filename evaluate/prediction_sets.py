@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from base.errors import UserError
 from base.atomic import check_can_create_dir, write_png_atomic
 from base.labels import train_to_label_lut
 from base.overlay import overlay
@@ -31,7 +32,7 @@ MANIFEST = "manifest.json"
 KIND = "prediction set"
 
 
-class PredictionError(OSError):
+class PredictionError(UserError, OSError):
     """The prediction folder cannot be written; the message names it."""
 
 

@@ -42,7 +42,7 @@ import mindspore.dataset.vision as vision
 import numpy as np
 
 from settings.schema import Config
-from mindrecords.augment import PadToCrop, Photometric, ScaleCropPhotometric
+from pipelines.augment import PadToCrop, Photometric, ScaleCropPhotometric
 from mindrecords.manifest import MindRecordError, manifest_rows, read_manifest, split_shard_files
 
 

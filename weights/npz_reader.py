@@ -3,7 +3,7 @@
 `np.load` allocates the shape an array's header declares before reading its data, so a 1 KB
 file declaring a (10**6, 10**6) array raises MemoryError (or swaps) instead of a clear error. Here
 each member's `.npy` header is parsed first; its byte count (shape x itemsize) is charged to the
-archive's inflate budget (model/bounded_zip.py) and then read as exactly that many bytes.
+archive's inflate budget (weights/bounded_zip.py) and then read as exactly that many bytes.
 Object arrays (pickles) are refused, as `allow_pickle=False` does.
 """
 from __future__ import annotations
@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy
 
-from model.bounded_zip import BoundedZip, BoundExceeded
+from base.errors import UserError
+from weights.bounded_zip import BoundedZip, BoundExceeded
 
 HEADER_LIMIT = 1 << 16  # a .npy header is a short dict literal
 
 
-class NpzError(ValueError):
+class NpzError(UserError, ValueError):
     """The file is not a readable .npz of plain arrays; the message names it."""
 
 

@@ -15,11 +15,11 @@ import mindspore as ms
 from base.messages import short_repr
 from settings.files import StrictLoader, load_config_files, read_yaml
 from settings.schema import Config, ConfigError, config_from_dict, config_to_dict
-from model.checkpoint import CheckpointError, assign_parameters, check_checkpoint_target, match_parameters, save_model
+from weights.checkpoint import CheckpointError, assign_parameters, check_checkpoint_target, match_parameters, save_model
 from base.resize import resize_bilinear
-from model.npz_reader import NpzError, read_npz
+from weights.npz_reader import NpzError, read_npz
 from model.segmenter import build_segmenter
-from model.torch_pickle import load_torch_file
+from weights.torch_pickle import load_torch_file
 
 # Official pixel statistics (segm/data/utils.py STATS) on the 0..1 scale.
 NORMALIZATION = {

@@ -2,19 +2,20 @@
 
 `OnnxRunner(model_bytes)` is a callable from a float32 NumPy batch (N, 3, win, win) to NumPy
 logits, which `evaluate.sliding_window.run_windows` accepts in place of a MindSpore network.
-The graph comes from `model.onnx_export.segmenter_onnx` at the window size. onnx and
+The graph comes from `deploy.onnx_export.segmenter_onnx` at the window size. onnx and
 onnxruntime are an optional extra (requirements-onnx.txt); `require_onnx` names it when missing.
 """
 from __future__ import annotations
 
 import os
 
+from base.errors import UserError
 import numpy as np
 
 EXTRA = "pip install -r requirements-onnx.txt"
 
 
-class OnnxMissing(RuntimeError):
+class OnnxMissing(UserError, RuntimeError):
     pass
 
 
@@ -62,6 +63,6 @@ def max_probability_difference(net, runner: OnnxRunner, height: int, width: int,
 
 def onnx_runner(net, window: int, threads: int | None = None) -> OnnxRunner:
     """An ONNX Runtime session of `net` for window x window crops (any batch)."""
-    from model.onnx_export import segmenter_onnx
+    from deploy.onnx_export import segmenter_onnx
 
     return OnnxRunner(segmenter_onnx(net, window, window).SerializeToString(), threads)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from analysis.memory import forward_attention_bytes
+
 
 def _block_flops(tokens: int, dim: int, mlp_dim: int) -> int:
     qkv = 2 * tokens * dim * 3 * dim
@@ -107,3 +109,31 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def info_report(cfg, size, image_size, inference_size, windows: int, measured: dict | None) -> list:
+    """The lines `info` prints: the model, its parameters per part, FLOPs and attention memory of a
+    forward at `size` (h, w), the sliding window's cost on an `image_size` image resized to
+    `inference_size` (`windows` windows), and `measured` (from `measure_forward`) if given."""
+    m, e = cfg.model, cfg.eval
+    (h, w), (ih, iw), (rh, rw) = size, image_size, inference_size
+    params, flops = model_parameter_counts(m), forward_flops(m, h, w)
+    window_flops = forward_flops(m, e.window_size, e.window_size)["total"]
+    lines = [
+        f"model: {m.backbone}, d_model {m.d_model}, {m.n_heads} heads, {m.n_layers} layers, patch {m.patch_size}; "
+        f"decoder {m.decoder.name} ({m.decoder.n_layers} layers); {m.n_cls} classes",
+        f"parameters: {params['total']:,} = encoder {params['encoder']:,} (patch embedding "
+        f"{params['encoder.patch_embed']:,}, class + position tokens {params['encoder.tokens']:,}, blocks "
+        f"{params['encoder.blocks']:,}, final norm {params['encoder.norm']:,}) + decoder {params['decoder']:,}",
+        f"forward 1x3x{h}x{w}: {flops['total'] / 1e9:.3f} GFLOPs (encoder {flops['encoder'] / 1e9:.3f}, "
+        f"decoder {flops['decoder'] / 1e9:.3f}; 2 per multiply-add of the matrix products, element-wise ops "
+        f"not counted); attention maps {forward_attention_bytes(m, h, w) / 2**20:.1f} MiB per block",
+        f"sliding window on a {ih}x{iw} image (inference size {rh}x{rw}, window {e.window_size}, stride "
+        f"{e.window_stride}, flip {e.flip}, scales {e.scales}): {windows} windows, "
+        f"{windows * window_flops / 1e9:.1f} GFLOPs per image"]
+    if measured:
+        peak, before = measured["peak_after"] / 2**30, measured["peak_before"] / 2**30
+        lines.append(f"measured on this machine ({cfg.device_target}): forward {measured['seconds']:.3f} s, peak "
+                     f"memory {peak:.2f} GiB ({peak - before:.2f} GiB above the peak before the forward: graph, "
+                     "activations)")
+    return lines

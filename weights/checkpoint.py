@@ -13,15 +13,13 @@ from __future__ import annotations
 import errno
 import operator
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import mindspore as ms
 
-from base.atomic import atomic_path
+from base.errors import UserError
+from base.atomic import private_output
 from base.messages import cut, short_repr
 from settings.files import config_beside, config_text, parse_yaml, save_checkpoint_config, written_by_us
 from settings.schema import Config, ConfigError, config_from_dict
@@ -35,7 +33,7 @@ MODEL_IDENTITY = ("patch_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "
                   "decoder.name", "decoder.n_layers")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used with the config; the message names the file."""
 
 
@@ -189,24 +187,6 @@ def check_checkpoint_target(ckpt_path, inputs=()) -> None:
                                             "choose another --out)", str(companion))
 
 
-@contextmanager
-def _mindspore_output(path: Path, suffix: str):
-    """A name for MindSpore to write `path` under, inside a private folder beside it: MindSpore
-    adds temporary files of its own next to the name it is given, and removing the folder takes
-    them all, on success or failure. The finished file replaces `path` atomically."""
-    try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    except OSError as err:  # name the file the user asked for, not the private folder
-        raise OSError(err.errno, err.strerror, str(path)) from None
-    try:
-        with atomic_path(path, suffix) as tmp:
-            inner = folder / tmp.name
-            yield inner
-            os.replace(inner, tmp)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def save_model(net, ckpt_path, cfg, extra: dict | None = None, inputs=()) -> None:
     """Write CKPT atomically, with `cfg` inside it (CONFIG_ENTRY) and beside it (CKPT with suffix
     .yaml, marked as ours); `extra` keys must start with optimizer./state. Refused before writing
@@ -218,16 +198,6 @@ def save_model(net, ckpt_path, cfg, extra: dict | None = None, inputs=()) -> Non
     check_checkpoint_target(path, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     entries = {**(extra or {}), CONFIG_ENTRY: config_text(cfg)}
-    with _mindspore_output(path, ".ckpt") as tmp:
+    with private_output(path, ".ckpt") as tmp:
         ms.save_checkpoint(net, str(tmp), append_dict=entries)
         save_checkpoint_config(cfg, config_beside(path))
-
-
-def export_mindir(net, out_path, height: int, width: int) -> None:
-    """MindIR of `net` for a fixed (1,3,H,W) input, written atomically."""
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _mindspore_output(out, ".mindir") as tmp:
-        # MindSpore appends ".mindir" to file_name itself.
-        ms.export(net, ms.Tensor(np.zeros((1, 3, height, width), np.float32)), file_name=str(tmp)[:-len(".mindir")],
-                  file_format="MINDIR")

@@ -1,0 +1,1 @@
+"""The input pipelines: training batches with MindSpore's native augmentation, eval images, their inspection."""

@@ -1,0 +1,1 @@
+"""Model weights on disk: checkpoints, their configs, and import of official releases and ImageNet ViT weights with bounded readers."""
