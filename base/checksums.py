@@ -1,7 +1,8 @@
-"""CRC-32 checksums (ISA-L: the same values as zlib's, ~6x faster) for change and damage detection.
+"""CRC-32 checksums (ISA-L: the same values as zlib's, several times faster) for change and damage
+detection.
 
 Not security: CRC-32 is what PNG, gzip and zip rely on to find accidental damage; it misses a
-random change with probability ~2**-32. ISA-L takes 0.2 ms on a 4 MB frame (zlib 1.2 ms, SHA-1 ~5).
+random change with probability ~2**-32. Timings: docs/benchmarks.md.
 """
 from __future__ import annotations
 

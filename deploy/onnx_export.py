@@ -155,3 +155,4 @@ def segmenter_onnx(net, height: int, width: int):
     model.ir_version = 8  # readable by every ONNX Runtime that has opset 17
     onnx.checker.check_model(model)
     return model
+

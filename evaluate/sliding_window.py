@@ -189,7 +189,7 @@ def probability_bands(net, image: np.ndarray, n_cls: int, window: int, stride: i
 def argmax_classes(probs: np.ndarray) -> np.ndarray:
     """(n_cls, H, W) scores -> (H, W) uint8 index of the first maximum (same as np.argmax)."""
     out = np.empty(probs.shape[1:], dtype=np.uint8)
-    # Row blocks keep the class-axis argmax in cache (about 1.5x faster than one call at 1024x2048).
+    # Row blocks keep the class-axis argmax in cache (faster than one call over the whole band).
     for row in range(0, out.shape[0], 32):
         out[row:row + 32] = np.argmax(probs[:, row:row + 32], axis=0)
     return out

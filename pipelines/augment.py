@@ -91,7 +91,7 @@ def resize_crop(image: np.ndarray, rows: AxisGrid, cols: AxisGrid) -> np.ndarray
 
 def crop_passes(label_crop: np.ndarray, cat_max_ratio: float, ignore_index: int) -> bool:
     """mmseg's test: more than one class, and none above cat_max_ratio of the labelled pixels."""
-    counts = cv2.calcHist([label_crop], [0], None, [256], [0, 256]).ravel()  # 4x faster than np.bincount
+    counts = cv2.calcHist([label_crop], [0], None, [256], [0, 256]).ravel()  # faster than np.bincount
     counts[ignore_index] = 0
     present = counts[counts > 0]
     return len(present) > 1 and present.max() / present.sum() < cat_max_ratio

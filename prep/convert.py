@@ -78,8 +78,8 @@ def check_rgb_png(data: bytes, path: Path) -> tuple[int, int]:
 
     Every chunk's CRC, the header, the complete deflate stream of at least height x (1 + 3 x
     width) bytes and every row's filter type are checked: what libpng checks, minus unfiltering
-    and the colour conversion. The inflate is ISA-L's: 18 ms for a 1024x2048 frame where zlib
-    takes 46 and cv2's full decode 65 (measured). Excess data after the last row is accepted,
+    and the colour conversion. The inflate is ISA-L's, several times faster than cv2's full decode
+    (docs/benchmarks.md). Excess data after the last row is accepted,
     as libpng does. PNGs other than 8-bit RGB non-interlaced take the full cv2 decode.
     """
     chunks = list(_png_chunks(data, path))
@@ -127,9 +127,8 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 def encode_label_png(train_ids: np.ndarray) -> bytes:
     """8-bit grayscale PNG, rows unfiltered, deflated by ISA-L at level 1.
 
-    Label maps are long runs of one value: this encodes a 1024x2048 map in about 0.6 ms (26 KB)
-    and decodes in about 3 ms, against 7.5 ms for zlib's run-length mode (19 KB) and about
-    25 ms each way for cv2's adaptive-filter PNG (measured).
+    Label maps are long runs of one value: this encodes an order of magnitude faster than zlib's
+    run-length mode or cv2's adaptive-filter PNG, for files a little larger (docs/benchmarks.md).
     """
     h, w = train_ids.shape
     raw = np.zeros((h, w + 1), np.uint8)  # each row starts with its filter byte: 0 = none

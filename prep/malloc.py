@@ -9,8 +9,8 @@ def reuse_freed_memory() -> None:
 
     Each sample allocates several 4-6 MB buffers (file bytes, decoded pixels, FileWriter's blob
     copies); by default glibc maps each from fresh zeroed pages and unmaps it on free. Raising
-    the mmap and trim thresholds serves them from the heap instead: FileWriter's write of a
-    4 MB record drops from ~12 to ~5 ms (measured). Peak memory stays that of one sample.
+    the mmap and trim thresholds serves them from the heap instead, which more than halves
+    FileWriter's write of a frame (docs/benchmarks.md). Peak memory stays that of one sample.
     """
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

@@ -114,8 +114,8 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     clip_grad_norm: float = 5.0  # 0 disables clipping
     amp_level: str = "O0"  # O0 | O1 | O2
-    # per_block: one compiled graph per block kind, blocks recomputed in backward (memory of one
-    # block: 4.3 GiB for seg_tiny at 2x768x768 on CPU); whole: one forward+backward graph
+    # per_block: one compiled graph per block kind, blocks recomputed in backward (the memory of
+    # one block; figures in docs/training.md); whole: one forward+backward graph
     # (faster on small crops, memory grows with every block's attention maps); auto: per_block on
     # CPU (proven there), whole on GPU and Ascend.
     step_graph: str = "auto"  # auto | per_block | whole
