@@ -393,3 +393,9 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
 
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def build_section(cls, data: Any, prefix: str = ""):
+    """A schema dataclass built from a mapping and checked key by key, as configs are (the dataset
+    files of settings/datasets.py use it)."""
+    return _build(cls, data, prefix)
