@@ -126,12 +126,14 @@ def _window_options(command):
     return command
 
 
-def _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows):
-    """The checkpoint's config (or --config) with the window options applied; refused before any
-    work if the checkpoint is missing or a window cannot fit in memory."""
-    from settings.files import apply_overrides, resolve_config
+def _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows, protocol=None):
+    """The checkpoint's config (or --config) with the window options applied, the eval keys it
+    leaves null from `protocol` (eval: the data's; predict: None, the checkpoint's); refused before
+    any work if the checkpoint is missing or a window cannot fit in memory."""
+    from settings.files import apply_overrides
+    from weights.checkpoint import checkpoint_config
 
-    cfg = resolve_config(checkpoint, config)
+    cfg = checkpoint_config(checkpoint, config, protocol)
     if stride is not None and stride > (window or cfg.eval.window_size):
         raise UserError(f"--stride {stride}: must be in 1..window ({window or cfg.eval.window_size})")
     settings = {"window_size": window, "window_stride": stride, "infer_size": infer_size, "flip": flip,
@@ -154,21 +156,6 @@ def _check_settings_fit(cfg, given: dict) -> None:
         shown = ",".join(f"{s:g}" for s in value) if key == "scales" else value
         option = f"--{key.replace('_', '-')} {shown}" if given[key] is not None else f"eval.{key} {value}"
         raise UserError(f"{option}: {reason}")
-
-
-def _check_split_sizes(cfg, data, split: str, max_images: int) -> None:
-    """Every record size of the split against this machine's memory (refused, naming a record of
-    that size) and against a normal frame's windows (a warning), before the model loads."""
-    from evaluate.cost import slow_warning, split_sizes, too_costly
-
-    for h, w, record, count in split_sizes(data, split, max_images):
-        where = f"{data}/{split}: record {record!r}" + (f" (and {count - 1} more of its size)" if count > 1 else "")
-        problem = too_costly(cfg, h, w, where)
-        if problem is not None:
-            raise UserError(problem)
-        line = slow_warning(cfg, h, w, where)
-        if line is not None:
-            click.echo(line, err=True)
 
 
 def _load_net(cfg, checkpoint, mode: str | None = None):
@@ -224,22 +211,27 @@ def _parse_split(ctx, param, value):
 
 
 @main.command("build-mindrecord")
-@click.option("--root", required=True, type=click.Path(), help="Cityscapes root (leftImg8bit/, gtFine/ or gtCoarse/).")
+@click.option("--dataset", default="cityscapes", show_default=True,
+              help="A built-in data set (cityscapes, ade20k, pascal_context, pascal_context_59) or a dataset file "
+                   "(docs/datasets.md).")
+@click.option("--root", required=True, type=click.Path(),
+              help="The data set's root (Cityscapes: leftImg8bit/, gtFine/ or gtCoarse/; docs/datasets.md).")
 @click.option("--out", required=True, type=click.Path(), help="Output folder: OUT/{split}/{split}.mindrecordNNN.")
 @click.option("--splits", default="train,val", show_default=True, callback=_parse_splits, help="Comma-separated splits.")
 @click.option("--workers", default=0, type=click.IntRange(min=0), help="Parallel shard writers (0 = all cores).")
 @click.option("--shard-size", default=64, show_default=True, type=click.IntRange(min=1), help="Samples per shard.")
 @click.option("--image-format", default="png", show_default=True, type=click.Choice(["png", "jpeg"]),
-              help="png stores the source bytes as found; jpeg re-encodes (quality 95), faster to decode.")
+              help="png stores RGB PNG and JPEG sources as found; jpeg re-encodes PNGs (quality 95), faster "
+                   "to decode.")
 @click.option("--labels", default="fine", show_default=True, type=click.Choice(["fine", "coarse"]),
-              help="gtFine or gtCoarse annotations.")
+              help="Cityscapes: gtFine or gtCoarse annotations.")
 @click.option("--force", is_flag=True, help="Rebuild every shard even if it is up to date.")
-def build_mindrecord_cmd(root, out, splits, workers, shard_size, image_format, labels, force):
-    """Convert Cityscapes splits to sharded MindRecord (parallel, resumable, verified reruns)."""
+def build_mindrecord_cmd(dataset, root, out, splits, workers, shard_size, image_format, labels, force):
+    """Convert a data set's splits to sharded MindRecord (parallel, resumable, verified reruns)."""
     from prep.build import build
 
     build(root, out, splits, workers=workers, shard_size=shard_size, image_format=image_format,
-          labels=labels, force=force, echo=click.echo)
+          labels=labels, force=force, echo=click.echo, dataset=dataset)
 
 
 @main.command("verify")
@@ -280,19 +272,25 @@ def verify_cmd(out, splits):
               help="Split to evaluate (test: export only).")
 @_window_options
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="Evaluate the first N images (0 = all).")
-@click.option("--save-predictions", type=click.Path(), help="Write labelIds/ and color/ PNGs into this folder.")
+@click.option("--save-predictions", type=click.Path(),
+              help="Write the predictions into this folder: labelIds/ and color/ on Cityscapes; "
+                   "else {id}.png in the data's label encoding (ADE20K: class + 1) and color/.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
 @_RUNTIME_OPTION
 def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, scales, batch_windows,
              max_images, save_predictions, json_path, runtime):
-    """Sliding-window evaluation of CKPT on a built split: official Cityscapes mIoU."""
+    """Sliding-window evaluation of CKPT on a built split, as the official code evaluates its data
+    set (window, stride, resize: the data's protocol unless the config or an option sets them):
+    Cityscapes' official mIoU, mmseg's mean_iou for any other data set."""
     from pathlib import Path
 
     from base.atomic import check_writable_dir
+    from base.class_table import check_classes
     from base.device import init_distributed
+    from evaluate.cost import check_split
     from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS, evaluate_split, write_metrics_json
     from evaluate.prediction_sets import check_prediction_dir
-    from mindrecords.manifest import split_shard_files
+    from mindrecords.manifest import data_classes, data_eval_protocol, split_shard_files
 
     if split in NO_GROUND_TRUTH_SPLITS and not save_predictions:
         raise UserError(f"--split {split} has no ground truth to score: pass --save-predictions DIR to export")
@@ -302,11 +300,14 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
         if not Path(json_path).parent.is_dir():
             raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
         check_writable_dir(Path(json_path).parent)  # an OSError here becomes `error: FOLDER: ...`
-    cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
+    split_shard_files(data, split)  # fail on a missing split before reading its data set
+    cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows,
+                            protocol=data_eval_protocol(data, split))
+    table = data_classes(data, split)
+    check_classes(cfg.model.n_cls, table, checkpoint, Path(data) / split)
     if save_predictions:
         check_prediction_dir(save_predictions)
-    split_shard_files(data, split)  # fail on a missing split before loading the model
-    _check_split_sizes(cfg, data, split, max_images)
+    check_split(cfg, data, split, max_images, lambda line: click.echo(line, err=True))
     net = _window_runner(cfg, checkpoint, runtime)
     rank, group_size = init_distributed()  # under msrun: each rank evaluates its share
     result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
@@ -314,7 +315,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
                             group_size=group_size)
     if rank > 0:
         return
-    _print_eval(result, cfg, split, save_predictions)
+    _print_eval(result, cfg, table, split, save_predictions)
     if json_path:
         try:
             write_metrics_json(result, json_path)
@@ -350,20 +351,27 @@ def _check_eval_outputs(checkpoint, config, data, save_predictions, json_path) -
             raise UserError(f"{json_path}: {reason}; --json must name a file of its own")
 
 
-def _print_eval(result: dict, cfg, split: str, save_predictions) -> None:
+def _print_eval(result: dict, cfg, table, split: str, save_predictions) -> None:
+    from base.class_table import CITYSCAPES
     from evaluate.evaluator import NO_GROUND_TRUTH_SPLITS
     from evaluate.metrics import format_table
 
     e = cfg.eval
+    long_side = f" (long side at most {e.max_long_side})" if e.max_long_side and e.infer_size else ""
     click.echo(f"{split}: {result['images']} images in {result['seconds']:.1f}s "
                f"({result['images'] / max(result['seconds'], 1e-9):.2f} img/s); window {e.window_size}, "
-               f"stride {e.window_stride}, infer size {e.infer_size or 'original'}, flip {e.flip}, scales {e.scales}")
+               f"stride {e.window_stride}, infer size {e.infer_size or 'original'}{long_side}, flip {e.flip}, "
+               f"scales {e.scales}")
     if split in NO_GROUND_TRUTH_SPLITS:
         click.echo(f"note: split {split!r} has no ground truth; metrics skipped, predictions exported only")
     else:
+        if table != CITYSCAPES:
+            click.echo(f"{table.dataset}: {table.n_cls} classes, mmseg's mean_iou")
         click.echo(format_table(result))
-    if save_predictions:
+    if save_predictions and table == CITYSCAPES:
         click.echo(f"predictions: {save_predictions}/labelIds (submission labelIds), {save_predictions}/color")
+    elif save_predictions:
+        click.echo(f"predictions: {save_predictions} (label PNGs in the data's encoding), {save_predictions}/color")
 
 
 @main.command("train")
@@ -387,7 +395,7 @@ def train_cmd(config, data, out, resume, overrides):
         raise UserError("--set needs --config (a resumed run keeps its own config)")
     from train.loop import train
 
-    result = train(cfg, data, out, resume=resume, given_config=config is not None, log=click.echo)
+    result = train(cfg, data, out, resume=resume, given_config=config is not None, log=click.echo, config_source=config)
     if result.rank == 0:
         best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"
         click.echo(f"trained {result.steps} steps in {result.seconds:.1f}s on {result.group_size} rank(s); "
@@ -441,8 +449,11 @@ def inspect_pipeline_cmd(config, data, n, out, list_ids, epoch, rank, ranks, ove
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output checkpoint (.ckpt); its config is written beside it (.yaml).")
 @click.option("--config", type=click.Path(dir_okay=False),
               help="Model config: required for a .npz; for a release, the base for non-model settings.")
-def convert_weights_cmd(src, out, config):
-    """Import SRC: an official Segmenter release (checkpoint.pth + variant.yml, or its folder) or a Google ViT .npz."""
+@click.option("--dataset", "dataset", metavar="NAME|FILE",
+              help="A .npz only: the data set (built-in name or dataset file) whose classes the decoder gets.")
+def convert_weights_cmd(src, out, config, dataset):
+    """Import SRC: an official Segmenter release (checkpoint.pth + variant.yml, or its folder; its
+    data set's classes come with it) or a Google ViT .npz (the classes of --dataset or --config)."""
     from pathlib import Path
 
     from settings.files import config_beside
@@ -454,11 +465,12 @@ def convert_weights_cmd(src, out, config):
         raise UserError(f"--out {out}: the checkpoint name must end in .ckpt")
     from weights.convert import convert_weights
 
-    cfg, kind = convert_weights(src, out, config)
+    cfg, kind, data = convert_weights(src, out, config, dataset)
     m = cfg.model
+    classes = f"{m.n_cls} classes" + (f" ({data.name})" if data is not None else "")
     click.echo(f"{src}: {kind} -> {out} (+ {config_beside(out)}); {m.backbone} d_model {m.d_model}, "
                f"{m.n_layers} layers, patch {m.patch_size}, decoder {m.decoder.name} ({m.decoder.n_layers} layers), "
-               f"{m.n_cls} classes")
+               f"{classes}")
 
 
 def _opacity(ctx, param, value):
@@ -477,29 +489,32 @@ def _opacity(ctx, param, value):
 @click.option("--overlay", "alpha", type=float, callback=_opacity, metavar="ALPHA",
               help="Also write {stem}_overlay.png: the palette over the image at opacity ALPHA (0..1); "
                    "for videos the overlay opacity (default 0.5).")
-@click.option("--frames", is_flag=True, help="Videos: also write {stem}_frames/frame_NNNNNN.png (trainIds).")
+@click.option("--frames", is_flag=True, help="Videos: also write {stem}_frames/frame_NNNNNN.png (class indices).")
 @_RUNTIME_OPTION
 def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, flip, scales, batch_windows, save_probs,
                 alpha, frames, runtime):
     """Sliding-window prediction of INPUTS: image files, folders (recursive), globs, videos.
 
-    Per image OUT/{stem}.png (trainIds), OUT/{stem}_color.png [, _overlay.png, _probs.npy]; per
-    video OUT/{stem}.mp4 (.avi for .avi) of overlays at its frame rate [, {stem}_frames/]."""
-    from base.ownership import output_folder
+    Per image OUT/{stem}.png (class indices: trainIds on Cityscapes), OUT/{stem}_color.png in the
+    checkpoint's palette [, _overlay.png, _probs.npy]; per video OUT/{stem}.mp4 (.avi for .avi) of
+    overlays at its frame rate [, {stem}_frames/]."""
+    from base.ownership import WrittenFiles, output_folder
     from evaluate.predict import check_output, check_sizes, predict_inputs
     from evaluate.predict_inputs import KIND, check_outputs, resolve_inputs
 
     cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
-    found = resolve_inputs(inputs)
-    for path, reason in found.skipped:
-        click.echo(f"skipped: {path}: {reason}", err=True)
-    check_sizes(cfg, found, lambda line: click.echo(line, err=True))
-    check_output(cfg, out)
+    table = check_output(cfg, checkpoint, out)
     _check_runtime(runtime)
     with output_folder(out, KIND):  # one predict per --out, from the checks to the last write
-        check_outputs(found, out, save_probs, alpha is not None, frames)
+        written = WrittenFiles(out, KIND)  # every earlier output in OUT is proven once, here
+        found = resolve_inputs(inputs, written)
+        for path, reason in found.skipped:
+            click.echo(f"skipped: {path}: {reason}", err=True)
+        check_sizes(cfg, found, lambda line: click.echo(line, err=True))
+        check_outputs(found, out, save_probs, alpha is not None, frames, written)
         net = _window_runner(cfg, checkpoint, runtime)
-        result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames)
+        result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames,
+                                written=written, table=table)
     e = cfg.eval
     done = result["images"] + result["frames"]
     what = f"{result['images']} images" + (f" + {result['frames']} video frames ({found.videos} videos)"
@@ -507,7 +522,7 @@ def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, fli
     skipped = f", {len(found.skipped)} unreadable skipped" if found.skipped else ""
     click.echo(f"{what} in {result['seconds']:.1f}s ({done / max(result['seconds'], 1e-9):.2f} images/s){skipped}; "
                f"window {e.window_size}, stride {e.window_stride}, flip {e.flip}, scales {e.scales}, "
-               f"runtime {runtime} -> {out}")
+               f"runtime {runtime}, {table.n_cls} classes ({table.dataset}) -> {out}")
 
 
 def _parse_size(option: str, value: str) -> tuple[int, int]:
@@ -546,16 +561,29 @@ def _info_net(cfg, checkpoint, parameters: int):
 @click.option("--image-size", default="1024x2048", show_default=True,
               help="Image HxW for the sliding-window cost (a Cityscapes frame).")
 @click.option("--measure", is_flag=True, help="Also run one forward at --size and report its time and peak memory.")
-def info_cmd(config, checkpoint, size, image_size, measure):
+@click.option("--dataset", default="cityscapes", show_default=True,
+              help="With --config: the data set (NAME or FILE.yaml) whose classes and evaluation protocol fill the "
+                   "config's open keys (model.n_cls, eval.*: null).")
+def info_cmd(config, checkpoint, size, image_size, measure, dataset):
     """Parameters per part, FLOPs of one forward, the sliding window's windows and FLOPs per image."""
     from base.network_input import inference_size
     from evaluate.sliding_window import count_windows
     from analysis.info import info_report, measure_forward, model_parameter_counts
-    from settings.files import load_config, resolve_config
+    from settings.datasets import load_dataset
+    from settings.files import load_config
+    from settings.schema import with_eval_protocol
+    from weights.checkpoint import checkpoint_config
 
     if (config is None) == (checkpoint is None):
         raise UserError("give --config CFG or --checkpoint CKPT (one of them)")
-    cfg = load_config(config) if config else resolve_config(checkpoint, None)
+    if config:
+        spec = load_dataset(dataset)
+        cfg = load_config(config)
+        if cfg.model.n_cls is None:
+            cfg.model.n_cls = spec.class_table().n_cls
+        cfg = with_eval_protocol(cfg, spec.eval, f"--dataset {dataset}")
+    else:
+        cfg = checkpoint_config(checkpoint)
     m, e = cfg.model, cfg.eval
     h, w = _parse_size("--size", size) if size else tuple(m.image_size)
     ih, iw = _parse_size("--image-size", image_size)
@@ -579,16 +607,16 @@ def export_cmd(checkpoint, config, out, size, fmt):
     """Export CKPT for deployment: input (N,3,H,W) normalized float32, output logits (N,n_cls,H,W)."""
     from pathlib import Path
 
-    from settings.files import resolve_config
-
+    from weights.checkpoint import checkpoint_classes, checkpoint_config
 
     h, w = _parse_size("--size", size)
     if Path(out).suffix != f".{fmt}":
         raise UserError(f"--out {out}: the file name must end in .{fmt} for --format {fmt}")
     if fmt == "onnx":
         _check_runtime("onnxruntime")
-    cfg = resolve_config(checkpoint, config)
+    cfg = checkpoint_config(checkpoint, config)
     _check_forward_fits(cfg, h, w, 1, f"--size {size}")
+    table = checkpoint_classes(checkpoint)
 
     net = _load_net(cfg, checkpoint, mode="graph")
     n_cls = cfg.model.n_cls
@@ -596,13 +624,15 @@ def export_cmd(checkpoint, config, out, size, fmt):
         from deploy.mindir import export_mindir
 
         export_mindir(net, out, h, w)
-        click.echo(f"{checkpoint} -> {out}: input (1,3,{h},{w}) float32 normalized, output (1,{n_cls},{h},{w})")
+        click.echo(f"{checkpoint} -> {out}: input (1,3,{h},{w}) float32 normalized, output (1,{n_cls},{h},{w}) "
+                   f"logits of the {table.dataset} classes")
         return
     from deploy.onnx_file import export_onnx
 
     diff = export_onnx(net, out, h, w)
     click.echo(f"{checkpoint} -> {out}: ONNX opset 17, input (N,3,{h},{w}) float32 normalized, output "
-               f"(N,{n_cls},{h},{w}); ONNX Runtime vs MindSpore: max probability difference {diff:.1e}")
+               f"(N,{n_cls},{h},{w}) logits of the {table.dataset} classes; ONNX Runtime vs MindSpore: max probability "
+               f"difference {diff:.1e}")
 
 
 if __name__ == "__main__":

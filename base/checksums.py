@@ -10,7 +10,23 @@ from isal import isal_zlib
 
 
 def crc32_hex(data: bytes) -> str:
-    return f"{isal_zlib.crc32(data):08x}"
+    return crc32_text(isal_zlib.crc32(data))
+
+
+def crc32_text(crc: int) -> str:
+    """A CRC-32 as the project records it (8 hex digits)."""
+    return f"{crc:08x}"
+
+
+def crc32_update(data: bytes, crc: int = 0) -> int:
+    """The CRC-32 of what `crc` covered followed by `data`."""
+    return isal_zlib.crc32(data, crc)
+
+
+def crc32_concat(first: int, second: int, second_length: int) -> int:
+    """The CRC-32 of two pieces one after the other from each one's CRC-32: a file written out of
+    order (plane by plane, band by band) is checksummed as it is written, never read back."""
+    return isal_zlib.crc32_combine(first, second, second_length)
 
 
 def fingerprint(data: bytes) -> str:
@@ -24,4 +40,4 @@ def file_crc32(path) -> str:
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
             crc = isal_zlib.crc32(chunk, crc)
-    return f"{crc:08x}"
+    return crc32_text(crc)

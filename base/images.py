@@ -9,8 +9,9 @@ Label maps are never scaled, their values are classes: a PNG of 8-bit grey, pale
 
 The header is read first and the size checked before any pixel is allocated: at most PIL's
 decompression-bomb limit in pixels (2 x `Image.MAX_IMAGE_PIXELS`), and the decoded buffers within
-the memory available now. PNGs decode with libpng (cv2: full 16-bit data, faster than PIL), the
-other formats with PIL, which refuses a truncated file. Every failure is an `ImageError` naming
+this machine's memory (`base.memory`, the bound every size is checked against: a normal image is
+never refused because the machine is busy). PNGs decode with libpng (cv2: full 16-bit data,
+faster than PIL), the other formats with PIL, which refuses a truncated file. Every failure is an `ImageError` naming
 the file; callers turn it into their package's error.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from base.memory import available_memory_bytes, gib
+from base.memory import gib, physical_memory_bytes
 from base.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -80,7 +81,7 @@ def _pil_info(im: Image.Image, where) -> ImageInfo:
 
 
 def _check_size(info: ImageInfo, where, out_bytes: int) -> None:
-    """Refuse before decoding: over PIL's pixel limit, or more memory than is available now."""
+    """Refuse before decoding: over PIL's pixel limit, or more memory than this machine has."""
     pixels = info.height * info.width
     limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
     if limit is not None and pixels > limit:
@@ -88,16 +89,16 @@ def _check_size(info: ImageInfo, where, out_bytes: int) -> None:
                                 f"{limit:,} pixels (PIL's guard against decompression bombs)")
     # The decoded samples, plus the converted copy and the result.
     need = pixels * (-(-_CHANNELS[info.mode] * info.bits // 8) + 2 * out_bytes)
-    have = available_memory_bytes()
+    have = physical_memory_bytes()
     if need > have:
         raise ImageError(where, f"{info.height}x{info.width} {info.describe()}: decoding needs about {gib(need)}, "
-                                f"more than the {gib(have)} of memory available")
+                                f"more than this machine's {gib(have)} of memory")
 
 
 def _open_pil(data, where) -> Image.Image:
     """PIL's lazy open (header only) of encoded bytes or an open binary file."""
     try:
-        return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        return Image.open(io.BytesIO(data) if isinstance(data, (bytes, memoryview)) else data)
     except Image.DecompressionBombError as err:
         raise ImageError(where, f"{err} (PIL's guard against decompression bombs)") from None
     except UnidentifiedImageError:
@@ -118,13 +119,18 @@ def _pil_array(data: bytes, where, mode: str | None) -> np.ndarray:
 
 
 def _source(source, where):
-    """(bytes, name for messages) of a path or of encoded bytes (bytes, or a uint8 array)."""
+    """(encoded bytes, name for messages) of a path or of encoded bytes: bytes, or any buffer (a
+    record's uint8 array) viewed in place as a memoryview, never copied."""
     if isinstance(source, (str, Path)):
         try:
             return Path(source).read_bytes(), where or source
         except OSError as err:
             raise ImageError(where or source, f"cannot read ({err.strerror or err})") from None
-    return (source.tobytes() if isinstance(source, np.ndarray) else bytes(source)), where or "image"
+    return (source if isinstance(source, bytes) else memoryview(source).cast("B")), where or "image"
+
+
+def _is_png(data) -> bool:
+    return data[:len(PNG_SIGNATURE)] == PNG_SIGNATURE
 
 
 def read_info(source, where=None) -> ImageInfo:
@@ -139,22 +145,22 @@ def read_info(source, where=None) -> ImageInfo:
             with open(source, "rb") as fh:
                 head = fh.read(33)
                 fh.seek(0)
-                info = _png_info(head, where) if head.startswith(PNG_SIGNATURE) else _pil_info(_open_pil(fh, where),
-                                                                                               where)
+                info = _png_info(head, where) if _is_png(head) else _pil_info(_open_pil(fh, where), where)
         except OSError as err:
             raise ImageError(where, f"cannot read ({err.strerror or err})") from None
     _check_size(info, where, 3)
     return info
 
 
-def _info(data: bytes, where) -> ImageInfo:
-    return _png_info(data[:33], where) if data.startswith(PNG_SIGNATURE) else _pil_info(_open_pil(data, where), where)
+def _info(data, where) -> ImageInfo:
+    return _png_info(bytes(data[:33]), where) if _is_png(data) else _pil_info(_open_pil(data, where), where)
 
 
-def _decode_png(data: bytes, where) -> np.ndarray:
+def _decode_png(data, where) -> np.ndarray:
     """libpng's samples, uint8 or uint16: (H,W) grey, (H,W,3) BGR or (H,W,4) BGRA."""
-    # libpng returns a partly grey image for a cut-off file: require the closing IEND chunk.
-    if data.rfind(PNG_END) < 0:
+    # libpng returns a partly grey image for a cut-off file: require the closing IEND chunk (the
+    # last bytes, as every writer puts it; searched for only if data follows it).
+    if data[-len(PNG_END):] != PNG_END and bytes(data).rfind(PNG_END) < 0:
         raise ImageError(where, "not a readable image (truncated PNG: no IEND chunk)")
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
@@ -173,9 +179,8 @@ def _to_8_bits(array: np.ndarray) -> np.ndarray:
 
 
 def _png_rgb(array: np.ndarray) -> np.ndarray:
+    """libpng's samples (grey+alpha comes as BGRA, grey repeated) -> uint8 RGB."""
     array = _to_8_bits(array)
-    if array.ndim == 3 and array.shape[2] == 2:  # grey + alpha
-        array = np.ascontiguousarray(array[:, :, 0])
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB if array.shape[2] == 4 else cv2.COLOR_BGR2RGB)
@@ -193,13 +198,16 @@ def decode_image(source, where=None) -> np.ndarray:
     return _pil_array(data, where, "RGB")
 
 
-def decode_label(source, where=None, what: str = "label") -> np.ndarray:
+def decode_label(source, where=None, what: str = "label", stored: bool = False) -> np.ndarray:
     """(H, W) uint8 class values of a label PNG: 8-bit or 1-bit grey, palette (its indices), or
-    16-bit grey whose values fit 8 bits. Never scaled. `what` names the map in messages."""
+    16-bit grey whose values fit 8 bits. Never scaled. `what` names the map in messages.
+    `stored`: a record's label, which the build wrote as 8-bit grey: nothing else is accepted."""
     data, where = _source(source, where)
-    if not data.startswith(PNG_SIGNATURE):
+    if not _is_png(data):
         raise ImageError(where, f"unreadable PNG (no PNG signature; a {what} map must be a PNG)")
-    info = _png_info(data[:33], where)
+    info = _png_info(bytes(data[:33]), where)
+    if stored and (info.mode, info.bits) != ("L", 8):
+        raise ImageError(where, f"got a {info.describe()}")
     if info.mode not in ("L", "P", "1", "I;16") or (info.mode == "L" and info.bits != 8):
         raise ImageError(where, f"expected a single-channel 8-bit {what} PNG (or a palette PNG), got {info.describe()}")
     _check_size(info, where, 1)

@@ -9,7 +9,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from base.errors import UserError
 
 IGNORE = 255
 NUM_CLASSES = 19
@@ -107,9 +106,3 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     """(H, W) trainIds -> (H, W, 3) uint8 RGB in the Cityscapes palette (ignore black)."""
     return train_palette()[train_ids]
 
-
-def check_n_cls(n_cls: int, source: str = "model.n_cls") -> None:
-    """The one check that a model's classes are the labels' (the 19 Cityscapes trainIds)."""
-    if n_cls != NUM_CLASSES:
-        raise UserError(f"the model predicts {n_cls} classes, the Cityscapes trainId labels have {NUM_CLASSES} "
-                        f"(labels 0..{NUM_CLASSES - 1}, {IGNORE} ignored)", source)

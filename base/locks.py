@@ -61,14 +61,19 @@ def folder_lock(folder, what: str):
         os.close(fd)
 
 
+def file_identity(path_or_fd) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a path or an open descriptor: one file under any name (a hard link, a
+    symlink, another spelling); None if the path does not exist."""
+    try:
+        st = os.stat(path_or_fd)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _still_named(fd: int, path: Path) -> bool:
     """Whether `path` is still the file locked through `fd` (its holder may have removed it)."""
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+    return file_identity(path) == file_identity(fd)
 
 
 def _acquire(fd: int, folder: Path, what: str, me: str) -> None:

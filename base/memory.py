@@ -23,18 +23,6 @@ def physical_memory_bytes() -> int:
     return total
 
 
-def available_memory_bytes() -> int:
-    """Memory a new allocation can get now (Linux MemAvailable), at most the physical bound."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return min(int(line.split()[1]) * 1024, physical_memory_bytes())
-    except (OSError, ValueError, IndexError):
-        pass
-    return physical_memory_bytes()
-
-
 def gib(n: int) -> str:
     """Bytes as GiB in words, e.g. '56.3 GiB'."""
     return f"{n / 2**30:.3g} GiB" if n < 1000 * 2**30 else f"{n / 2**30:,.0f} GiB"

@@ -6,17 +6,31 @@ constants from `normalization` (`train.normalize`).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-from base.memory import gib, physical_memory_bytes
 from base.resize import resize_bilinear, source_rows
 
 BAND_ROWS = 256  # rows normalized at a time: the float32 image at the source size is never built
 
 
-def inference_size(h: int, w: int, infer_size: int) -> tuple[int, int]:
-    """Size with the short side at `infer_size` (0 = keep), as the official evaluation's resize."""
-    if infer_size <= 0 or min(h, w) == infer_size:
+def rescale_size(h: int, w: int, short: int, long: int) -> tuple[int, int]:
+    """mmcv's `imrescale` size for mmseg's `Resize(img_scale=(long, short), keep_ratio=True)`: the
+    largest scale that keeps the long side within the larger and the short side within the smaller
+    of the two, each side `int(side * scale + 0.5)`."""
+    scale = min(max(short, long) / max(h, w), min(short, long) / min(h, w))
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def inference_size(h: int, w: int, infer_size: int, max_long_side: int | None = 0) -> tuple[int, int]:
+    """Size with the short side at `infer_size` (0 = keep), as the official evaluation's resize;
+    with `max_long_side` > 0, mmseg's keep-ratio resize to (max_long_side, infer_size) instead
+    (None, a config that leaves it to a data set it was never given, caps nothing, as 0)."""
+    if infer_size <= 0:
+        return h, w
+    if max_long_side:
+        return rescale_size(h, w, infer_size, max_long_side)
+    if min(h, w) == infer_size:
         return h, w
     r = infer_size / min(h, w)
     return int(h * r + 0.5), int(w * r + 0.5)
@@ -36,19 +50,19 @@ def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
     return np.ascontiguousarray(((rgb.astype(np.float32) - mean) / std).transpose(2, 0, 1))
 
 
-def network_input(rgb: np.ndarray, mean, std, infer_size: int) -> np.ndarray:
-    """(3, h, w) float32: `rgb` normalized, then resized bilinearly (align_corners=False) so that
-    its short side is `infer_size` (0 keeps the size); made band by band, bit-identical to
-    normalizing the whole image and resizing it."""
+def network_input(rgb: np.ndarray, mean, std, infer_size: int, max_long_side: int | None = 0) -> np.ndarray:
+    """(3, h, w) float32 at `inference_size`. With `max_long_side` > 0 (mmseg's protocol), `rgb` is
+    resized as mmcv's `imrescale` does (cv2 bilinear on the uint8 image), then normalized. Otherwise
+    `rgb` is normalized, then resized bilinearly (align_corners=False) so that its short side is
+    `infer_size` (0 keeps the size); made band by band, bit-identical to normalizing the whole image
+    and resizing it."""
     h = rgb.shape[0]
-    size = inference_size(h, rgb.shape[1], infer_size)
+    size = inference_size(h, rgb.shape[1], infer_size, max_long_side)
     if size == rgb.shape[:2]:
         return normalize(rgb, mean, std)
-    # Callers check the whole sliding window's cost first (evaluate/cost.py); this is the last guard.
-    need, have = 12 * size[0] * size[1], physical_memory_bytes()
-    if need > have:
-        raise ValueError(f"a {h}x{rgb.shape[1]} image at infer size {infer_size} becomes {size[0]}x{size[1]}: "
-                         f"{gib(need)} for the network input alone, more than this machine's {gib(have)}")
+    # Its size is bounded by the callers: they check the sliding window's cost first (evaluate/cost.py).
+    if max_long_side:
+        return normalize(cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR), mean, std)
     out = np.empty((3, *size), np.float32)
     for r0 in range(0, size[0], BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, size[0])

@@ -20,11 +20,12 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from base.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 from base.checksums import crc32_hex, file_crc32
-from base.locks import LOCK_NAME, folder_lock
+from base.locks import LOCK_NAME, file_identity, folder_lock
 
 MARKER = ".segmenter-owned.json"
 WRITTEN = ".segmenter-written.jsonl"
@@ -126,18 +127,28 @@ def _resolved(path: Path) -> Path:
         raise OSError(errno.ELOOP, "a symlink loop", str(path)) from None
 
 
-def _relation(path: Path, other: Path) -> str | None:
-    """"is" if `path` and `other` are one file, "is inside" if `path` lies below the folder
-    `other`, else None. Compared as files where both exist (hard links too), else by resolved name."""
+def file_key(path):
+    """A hashable name for the file `path` names: its (device, inode) where it exists, so a hard
+    link, a symlink or another spelling of it has the same key; else its resolved path (a file
+    about to be created). Two paths name one file exactly when their keys are equal."""
     try:
-        if os.path.samefile(path, other):
-            return "is"
-    except OSError:  # one of them does not exist (yet)
-        pass
-    mine, theirs = _resolved(path), _resolved(other)
-    if mine == theirs:
+        identity = file_identity(path)
+    except OSError:  # a path through a file, an unreadable folder: compared by name
+        identity = None
+    return identity if identity is not None else _resolved(Path(path))
+
+
+def same_file(a, b) -> bool:
+    """Whether paths `a` and `b` name one file (`file_key`)."""
+    return file_key(a) == file_key(b)
+
+
+def _relation(path: Path, other: Path) -> str | None:
+    """"is" if `path` and `other` are one file (`same_file`), "is inside" if `path` lies below
+    the folder `other`, else None."""
+    if same_file(path, other):
         return "is"
-    return "is inside" if theirs in mine.parents else None
+    return "is inside" if _resolved(other) in _resolved(path).parents else None
 
 
 def why_not_output(path, protected) -> str | None:
@@ -153,6 +164,15 @@ def why_not_output(path, protected) -> str | None:
     return None
 
 
+@dataclass
+class Staged:
+    """A file being written for `WrittenFiles.atomic`: its temporary name, and its size and CRC-32
+    where the writer computed them while writing (otherwise the file is read back once to log it)."""
+    tmp: Path
+    size: int | None = None
+    crc: str | None = None
+
+
 class WrittenFiles:
     """The files a command wrote into `folder`, a folder that may hold the user's files too.
 
@@ -160,11 +180,16 @@ class WrittenFiles:
     below the folder, size, CRC-32 and the command, appended before the file is renamed into place.
     A file is the command's if its size and CRC match a line for its path: that content is one the
     command wrote there. An interrupted run leaves at most a line for content that never arrived,
-    never a file without its line; a torn line proves nothing."""
+    never a file without its line; a torn line proves nothing.
+
+    Made under the folder's lock (`output_folder`), an instance reads each existing file at most
+    once: a file it proved, or wrote itself, stays proven for the rest of the command."""
 
     def __init__(self, folder, kind: str):
         self.folder, self.kind = Path(folder), kind
+        self.root = Path(os.path.abspath(folder))
         self.versions = self._read()
+        self.proven: set[str] = set()  # keys of files proven (or written) by this instance
 
     def _read(self) -> dict:
         versions: dict[str, set] = {}
@@ -186,18 +211,26 @@ class WrittenFiles:
 
     def _key(self, path: Path) -> str | None:
         try:
-            return path.relative_to(self.folder).as_posix()
+            return Path(os.path.abspath(path)).relative_to(self.root).as_posix()
         except ValueError:
             return None
 
     def proves(self, path) -> bool:
         """Whether `path`, a regular file below the folder, holds content this command wrote there."""
         path = Path(path)
-        versions = self.versions.get(self._key(path))
+        key = self._key(path)
+        if key is None:
+            return False
+        if key in self.proven:
+            return True
+        versions = self.versions.get(key)
         if not versions or path.is_symlink() or not path.is_file():
             return False
         size = path.stat().st_size
-        return any(s == size for s, _ in versions) and (size, file_crc32(path)) in versions
+        if any(s == size for s, _ in versions) and (size, file_crc32(path)) in versions:
+            self.proven.add(key)
+            return True
+        return False
 
     def why_not_ours(self, path) -> str | None:
         """None if writing `path` replaces nothing but this command's own earlier output."""
@@ -212,10 +245,12 @@ class WrittenFiles:
             raise FileExistsError(errno.EEXIST, reason, str(path))
 
     def _log(self, path: Path, size: int, crc: str) -> None:
-        line = json.dumps({"file": self._key(path), "size": size, "crc32": crc, "by": self.kind})
+        key = self._key(path)
+        line = json.dumps({"file": key, "size": size, "crc32": crc, "by": self.kind})
         with open(self.folder / WRITTEN, "a", encoding="utf-8") as fh:
             fh.write("\n" + line)  # the leading newline ends a line a crash may have torn
-        self.versions.setdefault(self._key(path), set()).add((size, crc))
+        self.versions.setdefault(key, set()).add((size, crc))
+        self.proven.add(key)
 
     def write_bytes(self, path, data: bytes) -> None:
         """Write `data` to `path` atomically, if `path` is free or ours (else FileExistsError)."""
@@ -226,13 +261,16 @@ class WrittenFiles:
 
     @contextmanager
     def atomic(self, path):
-        """`atomic_path` for a file written in pieces, if `path` is free or ours (else
-        FileExistsError); logged once complete, before it is renamed into place."""
+        """A `Staged` file to write in pieces, if `path` is free or ours (else FileExistsError);
+        logged once complete, before it is renamed into place."""
         path = Path(path)
         self._check(path)
         with atomic_path(path) as tmp:
-            yield tmp
-            self._log(path, tmp.stat().st_size, file_crc32(tmp))
+            staged = Staged(tmp)
+            yield staged
+            if staged.crc is None:  # written by a library (a video): read back once
+                staged.size, staged.crc = tmp.stat().st_size, file_crc32(tmp)
+            self._log(path, staged.size, staged.crc)
 
 
 @contextmanager
@@ -247,7 +285,7 @@ def output_folder(folder, what: str):
     fresh_lock = not lock.exists()
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder, what):
-        held = _identity(lock)  # None where the folder could not take a lock file
+        held = file_identity(lock)  # None where the folder could not take a lock file
         try:
             yield folder
         except BaseException:
@@ -256,16 +294,8 @@ def output_folder(folder, what: str):
             raise
         finally:
             # Only while the path still names the file we hold: a swapped-in folder has its own.
-            if fresh_lock and held is not None and _identity(lock) == held:
+            if fresh_lock and held is not None and file_identity(lock) == held:
                 lock.unlink()
-
-
-def _identity(path: Path):
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _remove_unused(created: list) -> None:

@@ -74,19 +74,21 @@ def run_mode(mode: str, root: Path, out: Path, workers: int, shard_size: int) ->
     elif mode in ("single", "single_malloc"):
         from mindspore.mindrecord import FileWriter
 
-        from mindrecords.schema import INDEX_FIELDS, SCHEMA, SCHEMA_DESC
+        from mindrecords.schema import INDEX_FIELDS, SCHEMA
         from prep.malloc import reuse_freed_memory
-        from prep.convert import convert
+        from prep.convert import convert, encoding
+        from settings.datasets import load_dataset
 
         if mode == "single_malloc":
             reuse_freed_memory()
 
         out.mkdir(parents=True)
         writer = FileWriter(str(out / "train.mindrecord"), shard_num=1, overwrite=True)
-        writer.add_schema(SCHEMA, SCHEMA_DESC)
+        writer.add_schema(SCHEMA, "cityscapes")
         writer.add_index(INDEX_FIELDS)
+        enc = encoding(load_dataset("cityscapes"))
         for sample in samples:
-            writer.write_raw_data([convert(root, sample, "png")[0]])
+            writer.write_raw_data([convert(root, sample, "png", enc)[0]])
         writer.commit()
     seconds = time.perf_counter() - start
     if mode in ("floor", "build"):

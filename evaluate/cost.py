@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from base.errors import UserError
 from base.memory import gib, physical_memory_bytes
 from base.network_input import inference_size
 from evaluate.sliding_window import TILE_BYTES, count_windows, run_sizes
@@ -33,15 +34,21 @@ class Cost:
 def image_cost(cfg, h: int, w: int) -> Cost:
     """Windows and peak host bytes of the sliding window over an h x w image (output at h x w)."""
     e, n_cls = cfg.eval, cfg.model.n_cls
-    ih, iw = inference_size(h, w, e.infer_size)
+    ih, iw = inference_size(h, w, e.infer_size, e.max_long_side)
     runs = run_sizes(ih, iw, e.window_size, e.flip, tuple(e.scales))
-    canvases = [4 * n_cls * rh * rw for rh, rw in runs]
+    canvases = [4 * n_cls * rh * rw for rh, rw in runs]  # float32 logits per class and working pixel
     # As `probability_bands` chooses: every run's canvas, or one canvas and an output-size sum.
     held = min(sum(canvases), max(canvases) + 4 * n_cls * h * w) if len(runs) > 1 else canvases[0]
-    # A run at another size than the input works on a resized float32 copy (and its temporaries).
+    # A run at another size than the input works on a resized float32 copy: 36 bytes per working
+    # pixel are three float32 RGB images (12 bytes each), the copy and the two gathers the bilinear
+    # resize holds while making it (base/resize.py).
     working = max(36 * rh * rw if (rh, rw) != (ih, iw) else 0 for rh, rw in runs)
+    # 7 bytes per output pixel: the uint8 RGB image (3), its class map (1) and colour image (3);
+    # 12 per inference pixel: the float32 RGB network input; 3 bands: one of probabilities and the
+    # softmax's and resize's temporaries of the same size.
     need = 7 * h * w + 12 * ih * iw + held + working + 3 * TILE_BYTES
-    return Cost((ih, iw), max(runs, key=lambda r: r[0] * r[1]), count_windows(ih, iw, e.window_size, e.window_stride, e.flip, tuple(e.scales)), need)
+    windows = count_windows(ih, iw, e.window_size, e.window_stride, e.flip, tuple(e.scales))
+    return Cost((ih, iw), max(runs, key=lambda r: r[0] * r[1]), windows, need)
 
 
 def _size(hw) -> str:
@@ -82,6 +89,20 @@ def settings_problem(cfg) -> tuple[str, str] | None:
     key = "scales" if image_cost(single, 1, 1).bytes <= have else "infer_size"
     return key, (f"any image is run at {_size(cost.largest)} or more ({_settings(cfg)}): the sliding window needs "
                  f"about {gib(cost.bytes)} of memory, more than this machine's {gib(have)}")
+
+
+def check_split(cfg, data_root, split: str, max_images: int, warn) -> None:
+    """Every record size of the split eval or validation reads against this machine's memory
+    (UserError naming a record of that size) and against a normal frame's windows (`warn(line)`),
+    before the model loads: the one bound the network input relies on."""
+    for h, w, record, count in split_sizes(data_root, split, max_images):
+        where = f"{data_root}/{split}: record {record!r}" + (f" (and {count - 1} more of its size)" if count > 1 else "")
+        problem = too_costly(cfg, h, w, where)
+        if problem is not None:
+            raise UserError(problem)
+        line = slow_warning(cfg, h, w, where)
+        if line is not None:
+            warn(line)
 
 
 def split_sizes(data_root, split: str, max_images: int = 0) -> list[tuple[int, int, str, int]]:

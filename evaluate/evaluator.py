@@ -1,5 +1,10 @@
 """Evaluate a network on a built split: sliding-window inference, confusion matrix, scores.
 
+The data set the split was built from decides how (its manifest, `mindrecords.manifest`): its
+class table names the classes and picks the scores (Cityscapes' official ones, mmseg's otherwise,
+`evaluate.metrics`), its protocol fills the eval keys the config leaves open
+(`settings.schema.with_eval_protocol`).
+
 Images stream from the shards one at a time (decode/normalize run ahead in the dataset's C
 threads) and only the confusion matrix is kept, so memory does not depend on the number of
 images. `evaluate_split` is what both `cli.py eval` and training's periodic validation call.
@@ -12,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from settings.schema import Config
+from settings.schema import Config, with_eval_protocol
 from evaluate.metrics import ConfusionMatrix, compute_metrics
 from evaluate.prediction_sets import prediction_set
 from evaluate.sliding_window import sliding_window_predict
 from pipelines.eval_pipeline import eval_dataset
-from mindrecords.manifest import split_shard_files
+from mindrecords.manifest import data_classes, data_eval_protocol, data_label_offset, split_shard_files
 from mindrecords.reader import read_batches
+from base.class_table import ClassTable, check_classes
 from base.errors import UserError
 from base.atomic import write_text_atomic
 from base.device import all_reduce_counts
-from base.labels import NUM_CLASSES, check_n_cls
 from base.progress import Progress
 
 # Splits whose labels are all void (the benchmark keeps the test ground truth private).
@@ -41,25 +46,30 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
                    save_predictions=None, checkpoint: str | None = None,
                    timings: dict | None = None, show_progress: bool = True, rank: int = 0,
                    group_size: int = 1) -> dict:
-    """Run `net` over `split` with the settings in `cfg.eval`; return the metrics dict.
+    """Run `net` over `split` with the settings in `cfg.eval` (those left open: the data set's
+    protocol); return the metrics dict.
 
-    Keys: mIoU (in [0, 1]), per_class {name: IoU or None}, categories {name: IoU or None},
-    pixel_accuracy, images, seconds. A split without ground truth (test) yields None scores.
-    `save_predictions` (a folder) receives labelIds and colour PNGs, complete or not at all.
+    Keys: mIoU (in [0, 1]), per_class {class name: IoU or None}, categories {name: IoU or None}
+    (Cityscapes only), pixel_accuracy, images, seconds. A split without ground truth (test) yields
+    None scores. `save_predictions` (a folder) receives the predictions in the data set's label
+    encoding and colour PNGs (`evaluate.prediction_sets`), complete or not at all.
     `timings`, if given, is filled with seconds spent waiting for input, in sliding-window
     inference (the argmax included: it runs band by band there; the `argmax` entry stays 0, kept
     for bench/bench_eval.py's side-by-side table), in metric accumulation and in writing predictions.
     """
-    check_n_cls(cfg.model.n_cls, checkpoint or "model.n_cls")
+    table = data_classes(data_root, split)
+    check_classes(cfg.model.n_cls, table, checkpoint or "the config", Path(data_root) / split)
     if save_predictions is not None and group_size > 1:
         raise EvalError(f"{save_predictions}: --save-predictions writes one prediction set from one process; "
                         "run it without msrun")
+    cfg = with_eval_protocol(cfg, data_eval_protocol(data_root, split), str(Path(data_root) / split))
     split_dir = Path(split_shard_files(data_root, split)[0]).parent
     data = eval_dataset(cfg, data_root, split, with_raw=save_predictions is not None, max_images=max_images,
                         rank=rank, group_size=group_size)
     total = data.get_dataset_size()
-    with prediction_set(save_predictions, split=split, checkpoint=checkpoint) as writer:
-        scoring = _Scoring(net, cfg, split, split_dir, writer)
+    with prediction_set(save_predictions, split=split, checkpoint=checkpoint, table=table,
+                        label_offset=data_label_offset(data_root, split)) as writer:
+        scoring = _Scoring(net, cfg, table, split, split_dir, writer)
         progress = Progress(total, f"eval {split}", "img") if show_progress else None
         was_training = net.training
         net.set_train(False)
@@ -76,7 +86,7 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     # The image count rides along with the matrix: one exact reduction for both.
     counts = all_reduce_counts(np.append(scoring.cm.matrix.ravel(), scoring.done), group_size)
     matrix, images = counts[:-1].reshape(scoring.cm.matrix.shape), int(counts[-1])
-    result = compute_metrics(matrix) if scoring.has_gt else _no_metrics()
+    result = compute_metrics(matrix, table) if scoring.has_gt else _no_metrics()
     result.update(images=images, seconds=time.perf_counter() - start)
     return result
 
@@ -84,10 +94,10 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
 class _Scoring:
     """The per-image work of an evaluation: predict, accumulate the confusion matrix, export."""
 
-    def __init__(self, net, cfg: Config, split: str, split_dir: Path, writer):
-        self.net, self.e, self.split_dir, self.writer = net, cfg.eval, split_dir, writer
+    def __init__(self, net, cfg: Config, table: ClassTable, split: str, split_dir: Path, writer):
+        self.net, self.e, self.table, self.split_dir, self.writer = net, cfg.eval, table, split_dir, writer
         self.has_gt = split not in NO_GROUND_TRUTH_SPLITS
-        self.cm = ConfusionMatrix(NUM_CLASSES)
+        self.cm = ConfusionMatrix(table.n_cls, table.ignore_index)
         self.spent = dict.fromkeys(("input", "inference", "argmax", "metric", "write"), 0.0)
         self.done = 0
 
@@ -100,7 +110,7 @@ class _Scoring:
             self.spent["input"] += time.perf_counter() - t0
             self.image(row)
             if progress is not None:
-                running = compute_metrics(self.cm.matrix)["mIoU"] if self.has_gt else None
+                running = compute_metrics(self.cm.matrix, self.table)["mIoU"] if self.has_gt else None
                 progress.update(1, postfix=f"mIoU so far {100 * running:.2f}" if running is not None else None)
         if self.writer is not None:
             t0 = time.perf_counter()
@@ -111,7 +121,7 @@ class _Scoring:
         e, label = self.e, row["label"]
         t1 = time.perf_counter()
         # Logits are resized straight to the label size (out_size), as the official evaluation does.
-        pred = sliding_window_predict(self.net, row["image"], NUM_CLASSES, e.window_size, e.window_stride,
+        pred = sliding_window_predict(self.net, row["image"], self.table.n_cls, e.window_size, e.window_stride,
                                       batch_windows=e.batch_windows, flip=e.flip, scales=tuple(e.scales),
                                       out_size=label.shape)
         t2 = time.perf_counter()

@@ -1,11 +1,16 @@
-"""Confusion matrix and Cityscapes scores with the official toolkit's semantics.
+"""Confusion matrix and scores: Cityscapes' with the official toolkit's semantics, every other
+data set's as mmseg's `mean_iou` (what the official Segmenter reports for ADE20K and Pascal Context).
 
-The matrix has one row per ground-truth trainId (0..18) and one column per predicted trainId
-plus a last "void" column: cityscapesscripts' `evalPixelLevelSemanticLabeling` counts a pixel
-predicted as an ignored id as a miss (false negative) for its ground-truth class but as nobody's
-false positive, and that needs its own column. Ground-truth ignore pixels are dropped.
+The matrix has one row per ground-truth class and one column per predicted class plus a last
+"void" column: cityscapesscripts' `evalPixelLevelSemanticLabeling` counts a pixel predicted as an
+ignored id as a miss (false negative) for its ground-truth class but as nobody's false positive,
+and that needs its own column. Ground-truth ignore pixels are dropped.
 
-Scores (as in the official script):
+mmseg's scores (`mmseg.core.mean_iou`): per class, intersection and union summed over the data
+set's images; IoU = intersection / union, NaN for a class with no union; mIoU the NaN-mean of
+the IoUs (`np.nanmean`); aAcc (`pixel_accuracy`) = correct pixels / labelled pixels.
+
+Cityscapes' scores (as in the official script):
 - class IoU = tp / (tp + fp + fn); NaN when the class is absent from the ground truth and never
   predicted (left out of the mean); 0 when absent but predicted.
 - category IoU is computed from the category-merged matrix, not as a mean of class IoUs:
@@ -19,14 +24,15 @@ import math
 
 import numpy as np
 
+from base.class_table import CITYSCAPES, ClassTable
 from base.labels import CATEGORIES, CLASS_NAMES, IGNORE, NUM_CLASSES, category_of_class
 
 
 class ConfusionMatrix:
     """Integer counts, accumulated image by image; memory does not grow with the image count."""
 
-    def __init__(self, n_cls: int = NUM_CLASSES):
-        self.n_cls = n_cls
+    def __init__(self, n_cls: int = NUM_CLASSES, ignore: int = IGNORE):
+        self.n_cls, self.ignore = n_cls, ignore
         self.void = n_cls  # column of predictions outside 0..n_cls-1
         self.matrix = np.zeros((n_cls, n_cls + 1), dtype=np.int64)
         # One lookup per pixel value turns (gt, pred) into a flat bin index without boolean
@@ -38,15 +44,17 @@ class ConfusionMatrix:
         self._pred_lut[:n_cls] = np.arange(n_cls, dtype=np.int32)
 
     def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
-        """Add one image: `gt` trainIds (255 ignore), `pred` trainIds; both uint8, same shape."""
+        """Add one image: `gt` class indices (`ignore` ignored), `pred` class indices; both uint8, same shape."""
         if gt.shape != pred.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from the label shape {gt.shape}")
         if gt.dtype != np.uint8 or pred.dtype != np.uint8:
             raise ValueError(f"labels and predictions must be uint8 trainIds, got {gt.dtype} and {pred.dtype}")
-        bad = np.flatnonzero(np.bincount(gt.ravel(), minlength=256)[self.n_cls:IGNORE])
+        seen = np.bincount(gt.ravel(), minlength=256)
+        seen[self.ignore] = 0
+        bad = np.flatnonzero(seen[self.n_cls:])
         if bad.size:
             raise ValueError(f"ground truth holds trainId {int(bad[0]) + self.n_cls}, outside 0..{self.n_cls - 1} "
-                             f"and {IGNORE} (ignore): the data has more classes than the model")
+                             f"and {self.ignore} (ignore): the data has more classes than the model")
         index = self._gt_lut[gt.ravel()] + self._pred_lut[pred.ravel()]
         counts = np.bincount(index, minlength=self.n_cls * (self.n_cls + 1) + self.n_cls + 1)
         self.matrix += counts[: self.n_cls * (self.n_cls + 1)].reshape(self.n_cls, self.n_cls + 1)
@@ -87,10 +95,29 @@ def _none_if_nan(x: float):
     return None if math.isnan(x) else float(x)
 
 
-def compute_metrics(matrix: np.ndarray) -> dict:
-    """The metrics dict (JSON-ready: NaN becomes None) from a (19, 20) confusion matrix."""
-    if matrix.shape != (NUM_CLASSES, NUM_CLASSES + 1):
-        raise ValueError(f"expected a ({NUM_CLASSES}, {NUM_CLASSES + 1}) confusion matrix, got {matrix.shape}")
+def mmseg_scores(matrix: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(per-class IoU, mIoU, aAcc) of mmseg's `mean_iou` from the summed (n, n + 1) matrix."""
+    n = matrix.shape[0]
+    intersect = np.diag(matrix[:, :n]).astype(np.float64)
+    area_label = matrix.sum(axis=1).astype(np.float64)
+    union = matrix[:, :n].sum(axis=0) + area_label - intersect
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = intersect / union
+        all_acc = intersect.sum() / area_label.sum()
+    return iou, float(np.nanmean(iou)) if not np.isnan(iou).all() else math.nan, float(all_acc)
+
+
+def compute_metrics(matrix: np.ndarray, table: ClassTable = CITYSCAPES) -> dict:
+    """The metrics dict (JSON-ready: NaN becomes None) from an (n, n + 1) confusion matrix of the
+    classes of `table`: Cityscapes' official scores for Cityscapes' table, mmseg's otherwise
+    (`categories` then empty)."""
+    n = table.n_cls
+    if matrix.shape != (n, n + 1):
+        raise ValueError(f"expected a ({n}, {n + 1}) confusion matrix, got {matrix.shape}")
+    if table != CITYSCAPES:
+        ious, miou, all_acc = mmseg_scores(matrix)
+        return {"mIoU": _none_if_nan(miou), "per_class": {name: _none_if_nan(v) for name, v in zip(table.names, ious)},
+                "categories": {}, "pixel_accuracy": _none_if_nan(all_acc)}
     ious = class_iou(matrix)
     cats = category_iou(matrix)
     total = int(matrix.sum())
@@ -102,17 +129,37 @@ def compute_metrics(matrix: np.ndarray) -> dict:
     }
 
 
-def format_table(metrics: dict) -> str:
-    """A readable table of per-class and per-category IoU (percent) and the summary lines."""
-    def pct(v):
-        return "    n/a" if v is None else f"{100 * v:7.2f}"
+NAME_WIDTH = 20  # a class's first name, cut to this: ADE20K's synonym lists run past 100 characters
+TABLE_COLUMNS = 3  # classes side by side in a table of more than LONG_TABLE classes
+LONG_TABLE = 30
 
-    lines = [f"{'class':<16}{'IoU %':>7}", "-" * 23]
-    lines += [f"{name:<16}{pct(v)}" for name, v in metrics["per_class"].items()]
-    lines += ["-" * 23, f"{'mIoU':<16}{pct(metrics['mIoU'])}", "",
-              f"{'category':<16}{'IoU %':>7}", "-" * 23]
-    lines += [f"{name:<16}{pct(v)}" for name, v in metrics["categories"].items()]
-    cat_mean = _mean([math.nan if v is None else v for v in metrics["categories"].values()])
-    lines += ["-" * 23, f"{'mean':<16}{pct(_none_if_nan(cat_mean))}", "",
-              f"{'pixel accuracy':<16}{pct(metrics['pixel_accuracy'])}"]
+
+def _pct(v) -> str:
+    return "    n/a" if v is None else f"{100 * v:7.2f}"
+
+
+def _class_rows(per_class: dict) -> list:
+    """One `name  IoU` cell per class; a long table is laid out in columns, read top to bottom."""
+    names = [name.split(",")[0].strip()[:NAME_WIDTH] for name in per_class]
+    width = max(16, max(len(n) for n in names) + 1)
+    cells = [f"{name:<{width}}{_pct(v)}" for name, v in zip(names, per_class.values())]
+    if len(cells) <= LONG_TABLE:
+        return [f"{'class':<{width}}{'IoU %':>7}", "-" * (width + 7)] + cells
+    rows = -(-len(cells) // TABLE_COLUMNS)
+    columns = [cells[i:i + rows] for i in range(0, len(cells), rows)]
+    header = "   ".join(f"{'class':<{width}}{'IoU %':>7}" for _ in columns)
+    lines = ["   ".join(col[r] for col in columns if r < len(col)) for r in range(rows)]
+    return [header, "-" * len(header)] + lines
+
+
+def format_table(metrics: dict) -> str:
+    """A readable table of per-class (and, for Cityscapes, per-category) IoU (percent) and the summary lines."""
+    lines = _class_rows(metrics["per_class"])
+    lines += ["-" * 23, f"{'mIoU':<16}{_pct(metrics['mIoU'])}", ""]
+    if metrics["categories"]:
+        lines += [f"{'category':<16}{'IoU %':>7}", "-" * 23]
+        lines += [f"{name:<16}{_pct(v)}" for name, v in metrics["categories"].items()]
+        cat_mean = _mean([math.nan if v is None else v for v in metrics["categories"].values()])
+        lines += ["-" * 23, f"{'mean':<16}{_pct(_none_if_nan(cat_mean))}", ""]
+    lines += [f"{'pixel accuracy':<16}{_pct(metrics['pixel_accuracy'])}"]
     return "\n".join(lines)

@@ -1,5 +1,7 @@
-"""`predict`: official sliding-window prediction for images and videos -> trainId / colour PNGs
-(+ overlays, probabilities), and colour-overlay videos (+ per-frame trainId PNGs).
+"""`predict`: official sliding-window prediction for images and videos -> class-index / colour PNGs
+(+ overlays, probabilities), and colour-overlay videos (+ per-frame class-index PNGs). The classes
+and colours are the checkpoint's class table (weights/checkpoint.py): on Cityscapes the indices
+are trainIds and the colours the official palette.
 
 Memory is bounded for large images: the input is normalized and resized to the inference size
 band by band from the uint8 pixels, the class maps are made in bands of rows
@@ -12,6 +14,7 @@ replaces only a file predict wrote, and is logged before it is renamed into plac
 from __future__ import annotations
 
 import errno
+import io
 import sys
 import time
 from pathlib import Path
@@ -26,21 +29,30 @@ from base.overlay import overlay
 from evaluate.predict_inputs import KIND, Inputs, Item, PredictError, frame_path, output_paths
 from evaluate.sliding_window import sliding_window_predict
 from base.atomic import check_can_create_dir, png_bytes
+from base.checksums import crc32_concat, crc32_text, crc32_update
 from base.ownership import WrittenFiles
-from base.labels import check_n_cls, colorize
+from base.class_table import CITYSCAPES, ClassTable
 from base.progress import Progress
 
 WINDOW_PROGRESS = 16  # an image with more windows than this shows a bar of its own
 VIDEO_OVERLAY = 0.5  # a video's frames are always overlays: this opacity unless --overlay says
 
 
-def check_output(cfg, out_dir) -> None:
-    """Before the model loads: the classes must be Cityscapes' and OUT must be a writable folder."""
-    check_n_cls(cfg.model.n_cls)
+def check_output(cfg, checkpoint, out_dir) -> ClassTable:
+    """Before the model loads: the class table CKPT predicts, which must have the config's classes;
+    OUT must be a writable folder."""
+    from weights.checkpoint import checkpoint_classes
+
+    table = checkpoint_classes(checkpoint)
+    if cfg.model.n_cls != table.n_cls:
+        raise PredictError(f"{checkpoint}: the model predicts {cfg.model.n_cls} classes, its class table "
+                           f"({table.dataset}) has {table.n_cls}; a checkpoint written before checkpoints carried "
+                           "their classes is read as Cityscapes: convert or train it again")
     try:
         check_can_create_dir(out_dir)
     except OSError as err:
         raise PredictError(f"{err.filename}: cannot write predictions here ({err.strerror})") from None
+    return table
 
 
 def check_sizes(cfg, inputs: Inputs, warn) -> None:
@@ -59,29 +71,50 @@ def check_sizes(cfg, inputs: Inputs, warn) -> None:
 
 
 class _ProbsFile:
-    """A float32 (n_cls, H, W) .npy written band by band (one seek per class and band)."""
+    """A float32 (n_cls, H, W) .npy written band by band, top to bottom (one seek per class and
+    band). Its CRC-32 is computed from the bytes written: one running CRC per class plane, joined
+    at the end, so logging the file never reads it back."""
 
     def __init__(self, handle, n_cls: int, h: int, w: int):
         self.fh, self.h, self.w = handle, h, w
-        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
                                                      "shape": (n_cls, h, w)})
-        self.data_start = handle.tell()
-        handle.truncate(self.data_start + 4 * n_cls * h * w)
+        self.header = header.getvalue()
+        handle.write(self.header)
+        self.plane = 4 * h * w
+        handle.truncate(len(self.header) + n_cls * self.plane)
+        self.crcs = [0] * n_cls
+        self.rows = 0  # rows written so far: bands arrive in order
 
     def write(self, r0: int, r1: int, band: np.ndarray) -> None:
+        if r0 != self.rows:
+            raise ValueError(f"probability band {r0}..{r1} after rows 0..{self.rows}: bands must come in order")
         for c in range(band.shape[0]):
-            self.fh.seek(self.data_start + 4 * (c * self.h * self.w + r0 * self.w))
-            self.fh.write(np.ascontiguousarray(band[c], "<f4").tobytes())
+            data = np.ascontiguousarray(band[c], "<f4").tobytes()
+            self.fh.seek(len(self.header) + c * self.plane + 4 * r0 * self.w)
+            self.fh.write(data)
+            self.crcs[c] = crc32_update(data, self.crcs[c])
+        self.rows = r1
+
+    def proof(self) -> tuple[int, str]:
+        """(size, CRC-32) of the whole file once every row is written."""
+        if self.rows != self.h:
+            raise ValueError(f"probabilities written for {self.rows} of {self.h} rows")
+        crc = crc32_update(self.header)
+        for plane in self.crcs:
+            crc = crc32_concat(crc, plane, self.plane)
+        return len(self.header) + len(self.crcs) * self.plane, crc32_text(crc)
 
 
 def predict_rgb(net, cfg, rgb: np.ndarray, label: str, on_band=None) -> np.ndarray:
-    """(H, W) uint8 trainIds of one RGB image or frame; a bar of its windows if it has many."""
+    """(H, W) uint8 class indices of one RGB image or frame; a bar of its windows if it has many."""
     e = cfg.eval
     h, w = rgb.shape[:2]
     problem = too_costly(cfg, h, w, label)  # a video's frames are seen only here
     if problem:
         raise PredictError(problem)
-    image = network_input(rgb, cfg.model.mean, cfg.model.std, e.infer_size)
+    image = network_input(rgb, cfg.model.mean, cfg.model.std, e.infer_size, e.max_long_side)
     windows = image_cost(cfg, h, w).windows
     bar = Progress(windows, f"predict {label}", "win") if windows > WINDOW_PROGRESS else None
     try:
@@ -93,10 +126,11 @@ def predict_rgb(net, cfg, rgb: np.ndarray, label: str, on_band=None) -> np.ndarr
 
 
 def predict_image(net, cfg, item, out_dir: Path, save_probs: bool, alpha: float | None = None,
-                  written: WrittenFiles | None = None, rgb: np.ndarray | None = None) -> None:
-    """Write one image's outputs (`item`: an Item, or an image path written as OUT/{stem}).
-    `alpha`: also an overlay at that opacity. `written`: OUT's log (read here if not given);
-    `rgb`: the image already read."""
+                  written: WrittenFiles | None = None, rgb: np.ndarray | None = None,
+                  table: ClassTable = CITYSCAPES) -> None:
+    """Write one image's outputs (`item`: an Item, or an image path written as OUT/{stem}): class
+    indices, and their colours in `table`'s palette. `alpha`: also an overlay at that opacity.
+    `written`: OUT's log (read here if not given); `rgb`: the image already read."""
     if not isinstance(item, Item):
         item = Item(Path(item), Path(item).stem, "image")
     written = written or WrittenFiles(out_dir, KIND)
@@ -106,20 +140,22 @@ def predict_image(net, cfg, item, out_dir: Path, save_probs: bool, alpha: float 
     label_png, color_png, *extra = output_paths(out_dir, item, save_probs, alpha is not None, False)
     label_png.parent.mkdir(parents=True, exist_ok=True)
     if save_probs:
-        with written.atomic(extra[-1]) as tmp, open(tmp, "wb") as fh:
-            train_ids = predict_rgb(net, cfg, rgb, item.path.name, _ProbsFile(fh, cfg.model.n_cls, h, w).write)
+        with written.atomic(extra[-1]) as staged, open(staged.tmp, "wb") as fh:
+            probs = _ProbsFile(fh, cfg.model.n_cls, h, w)
+            train_ids = predict_rgb(net, cfg, rgb, item.path.name, probs.write)
+            staged.size, staged.crc = probs.proof()
     else:
         train_ids = predict_rgb(net, cfg, rgb, item.path.name)
     written.write_bytes(label_png, png_bytes(train_ids))
-    written.write_bytes(color_png, png_bytes(colorize(train_ids)))
+    written.write_bytes(color_png, png_bytes(table.colorize(train_ids)))
     if alpha is not None:
-        written.write_bytes(extra[0], png_bytes(overlay(rgb, train_ids, alpha=alpha)))
+        written.write_bytes(extra[0], png_bytes(overlay(rgb, train_ids, table.ignore_index, alpha, table)))
 
 
 def predict_video(net, cfg, item: Item, out_dir, alpha: float, frames: bool, progress: Progress,
-                  written: WrittenFiles) -> int:
-    """`{stem}.mp4` (`.avi` for an .avi) of colour overlays at the source frame rate; with `frames`,
-    `{stem}_frames/frame_NNNNNN.png` trainIds too. Written to a temporary name, renamed at the end
+                  written: WrittenFiles, table: ClassTable = CITYSCAPES) -> int:
+    """`{stem}.mp4` (`.avi` for an .avi) of overlays in `table`'s palette at the source frame rate;
+    with `frames`, `{stem}_frames/frame_NNNNNN.png` class indices too. Written to a temporary name, renamed at the end
     once it reads back with every frame. Returns the number of frames."""
     video, *frame_dir = output_paths(out_dir, item, False, True, frames)
     video.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +164,8 @@ def predict_video(net, cfg, item: Item, out_dir, alpha: float, frames: bool, pro
     codec = "MJPG" if video.suffix == ".avi" else "mp4v"
     n = 0
     try:
-        with written.atomic(video) as tmp:
+        with written.atomic(video) as staged:  # OpenCV writes it: logged from one read-back
+            tmp = staged.tmp
             writer = None
             try:
                 while True:
@@ -142,7 +179,8 @@ def predict_video(net, cfg, item: Item, out_dir, alpha: float, frames: bool, pro
                                                  (rgb.shape[1], rgb.shape[0]))
                         if not writer.isOpened():
                             raise OSError(5, f"OpenCV cannot write a {codec} video", str(video))
-                    writer.write(np.ascontiguousarray(overlay(rgb, train_ids, alpha=alpha)[:, :, ::-1]))
+                    writer.write(np.ascontiguousarray(overlay(rgb, train_ids, table.ignore_index, alpha, table)
+                                                      [:, :, ::-1]))
                     if frame_dir:
                         frame_dir[0].mkdir(exist_ok=True)
                         written.write_bytes(frame_path(frame_dir[0], n), png_bytes(train_ids))
@@ -170,14 +208,17 @@ def _check_video(path: Path, frames: int, name: Path) -> None:
 
 
 def predict_inputs(net, cfg, inputs: Inputs, out_dir, save_probs: bool = False, alpha: float | None = None,
-                   frames: bool = False) -> dict:
+                   frames: bool = False, written: WrittenFiles | None = None,
+                   table: ClassTable = CITYSCAPES) -> dict:
     """Predict every resolved input (evaluate/predict_inputs.py); one progress bar over images and
     video frames. The caller holds OUT's lock (base/ownership.py's output_folder) and has run
-    `check_outputs` and `check_output` before loading the model. An image found in a folder that
-    fails to decode is listed (`skipped: PATH: reason`), added to `inputs.skipped` and passed over."""
+    `check_outputs` (with `written`, OUT's log, whose proofs then hold) and `check_output` before
+    loading the model; `table` is the class table `check_output` returned. An image found in a
+    folder that fails to decode is listed (`skipped: PATH: reason`), added to `inputs.skipped`
+    and passed over."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = WrittenFiles(out_dir, KIND)
+    written = written or WrittenFiles(out_dir, KIND)
     total = inputs.images + sum(_frame_count(i.path) for i in inputs.items if i.kind == "video")
     progress = Progress(total, "predict", "img")
     start = time.time()
@@ -186,11 +227,11 @@ def predict_inputs(net, cfg, inputs: Inputs, out_dir, save_probs: bool = False, 
         for item in inputs.items:
             if item.kind == "video":
                 counts["frames"] += predict_video(net, cfg, item, out_dir, VIDEO_OVERLAY if alpha is None else alpha,
-                                                  frames, progress, written)
+                                                  frames, progress, written, table)
                 continue
             rgb = _read_found(item, inputs)
             if rgb is not None:
-                predict_image(net, cfg, item, out_dir, save_probs, alpha, written, rgb)
+                predict_image(net, cfg, item, out_dir, save_probs, alpha, written, rgb, table)
                 counts["images"] += 1
             progress.update(1, postfix=item.path.name)
     except FileExistsError as err:  # changed since check_outputs: still never replaced

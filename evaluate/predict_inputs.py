@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from base.errors import UserError
 from base.images import ImageError, read_info
-from base.ownership import WRITTEN, WrittenFiles
+from base.ownership import WRITTEN, WrittenFiles, file_key
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -104,8 +104,8 @@ def frame_path(frame_dir: Path, n: int) -> Path:
 class _EarlierOutputs:
     """`path in earlier`: whether predict wrote `path`, proven by the log of a folder above it."""
 
-    def __init__(self):
-        self.logs: dict[Path, WrittenFiles | None] = {}
+    def __init__(self, known: WrittenFiles | None = None):
+        self.logs: dict[Path, WrittenFiles | None] = {} if known is None else {known.root: known}
 
     def _log(self, folder: Path) -> WrittenFiles | None:
         if folder not in self.logs:
@@ -120,11 +120,12 @@ class _EarlierOutputs:
         return any((log := self._log(folder)) is not None and log.proves(path) for folder in path.parents)
 
 
-def resolve_inputs(args) -> Inputs:
-    """Expand the command line's arguments; raise PredictError on an explicit bad file."""
+def resolve_inputs(args, written: WrittenFiles | None = None) -> Inputs:
+    """Expand the command line's arguments; raise PredictError on an explicit bad file.
+    `written`: OUT's log, so an earlier output found here is proven once for the whole run."""
     inputs = Inputs()
     found, searched = 0, []
-    earlier = _EarlierOutputs()
+    earlier = _EarlierOutputs(written)
     for arg in map(str, args):
         path = Path(arg)
         if path.is_dir():
@@ -172,22 +173,23 @@ def output_paths(out_dir, item: Item, save_probs: bool, overlay: bool, frames: b
             + ([base.with_name(base.name + "_probs.npy")] if save_probs else []))
 
 
-def check_outputs(inputs: Inputs, out_dir, save_probs: bool, overlay: bool, frames: bool) -> None:
-    """No output overwrites an input or a file predict did not write; no two inputs write the same
-    output. Run under OUT's lock, before the model loads."""
-    sources = {i.path.resolve(): i.path for i in inputs.items}
-    ours = WrittenFiles(out_dir, KIND)
-    written = {}
+def check_outputs(inputs: Inputs, out_dir, save_probs: bool, overlay: bool, frames: bool,
+                  written: WrittenFiles) -> None:
+    """No output overwrites an input or a file predict did not write (`written`: OUT's log, whose
+    proofs the writes then rely on, so each existing output is read once); no two inputs write the
+    same output. Run under OUT's lock, before the model loads."""
+    sources = {file_key(i.path): i.path for i in inputs.items}
+    taken = {}
     for item in inputs.items:
         for out in output_paths(out_dir, item, save_probs, overlay, frames):
-            key = out.resolve()
+            key = file_key(out)
             if key in sources:
                 raise PredictError(f"{out}: is an input; predict never overwrites an input (choose another --out)")
-            if key in written:
-                raise PredictError(f"{item.path}: same output {out} as {written[key]}")
-            written[key] = item.path
+            if key in taken:
+                raise PredictError(f"{item.path}: same output {out} as {taken[key]}")
+            taken[key] = item.path
             for path in _replaced(out, item):
-                reason = ours.why_not_ours(path)
+                reason = written.why_not_ours(path)
                 if reason is not None:
                     raise PredictError(f"{path}: {reason}")
 

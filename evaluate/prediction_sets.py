@@ -1,9 +1,15 @@
 """Prediction export in the benchmark's submission format, all or nothing.
 
-Layout of DIR:
+Layout of DIR for Cityscapes:
     labelIds/{city}/{id}.png   labelIds (uint8, one file per image: the submission format)
     color/{city}/{id}.png      Cityscapes palette blended 50 % over the image
     manifest.json              split, checkpoint, image count; written last
+for every other data set (a record's id is its image's path under the image folder), the labels
+in the source's encoding (`label_offset`: 1 where the build moved them down by one, so ADE20K's
+files hold class index + 1, the challenge's format):
+    {id}.png                   class index + label_offset (uint8)
+    color/{id}.png             the data set's palette blended 50 % over the image
+    manifest.json
 
 Files are written into a hidden sibling `.DIR.partial-XXXX` that is renamed to DIR only after
 every image and the manifest are on disk, so an interrupted or failed run never leaves a
@@ -23,10 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from base.errors import UserError
-from base.atomic import check_can_create_dir, write_png_atomic
+from base.atomic import check_can_create_dir, png_bytes
+from base.class_table import CITYSCAPES, ClassTable
 from base.labels import train_to_label_lut
 from base.overlay import overlay
 from base.ownership import make_staging, output_folder, swap_in, why_not_replaceable
+from mindrecords.schema import check_path_field
 
 MANIFEST = "manifest.json"
 KIND = "prediction set"
@@ -50,7 +58,8 @@ def check_prediction_dir(out_dir) -> None:
 
 
 @contextmanager
-def prediction_set(out_dir, split: str, checkpoint: str | None = None):
+def prediction_set(out_dir, split: str, checkpoint: str | None = None, table: ClassTable = CITYSCAPES,
+                   label_offset: int = 0):
     """A PredictionWriter for `out_dir` (None if no folder is given) holding the folder's lock for
     the block; the caller commits, a failing block aborts: nothing of the set is left."""
     if out_dir is None:
@@ -58,7 +67,7 @@ def prediction_set(out_dir, split: str, checkpoint: str | None = None):
         return
     check_prediction_dir(out_dir)  # before the lock: a user's folder does not even get a lock file
     with output_folder(out_dir, "predict"):
-        writer = PredictionWriter(out_dir, split, checkpoint)
+        writer = PredictionWriter(out_dir, split, checkpoint, table, label_offset)
         try:
             yield writer
         except BaseException:
@@ -69,41 +78,55 @@ def prediction_set(out_dir, split: str, checkpoint: str | None = None):
 class PredictionWriter:
     """Writes one prediction set; `prediction_set` is how it is used (lock, checks, abort)."""
 
-    def __init__(self, out_dir, split: str, checkpoint: str | None = None):
+    def __init__(self, out_dir, split: str, checkpoint: str | None = None, table: ClassTable = CITYSCAPES,
+                 label_offset: int = 0):
         self.out = Path(out_dir)
         self.split = split
         self.checkpoint = checkpoint
+        self.table = table
         try:
             self.staging = make_staging(self.out)
         except OSError as err:
             raise PredictionError(f"{self.out}: cannot write predictions here ({err.strerror or err})") from None
-        self.lut = train_to_label_lut()
+        if table == CITYSCAPES:
+            self.lut, self.labels = train_to_label_lut(), "labelIds"
+            self.layout = {"labelIds": "labelIds/{city}/{id}.png", "color": "color/{city}/{id}.png"}
+        else:
+            self.lut, self.labels = np.zeros(256, np.uint8), ""
+            self.lut[:table.n_cls] = np.arange(table.n_cls) + label_offset
+            self.layout = {"labels": "{id}.png", "label_offset": label_offset, "color": "color/{id}.png"}
         # PNG encoding (cv2 releases the GIL) overlaps with inference on the next image.
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: list[Future] = []
         self.count = 0
 
     def add(self, city: str, image_id: str, train_ids: np.ndarray, rgb: np.ndarray) -> None:
-        paths = [self._member(sub, city, image_id) for sub in ("labelIds", "color")]
+        paths = [self._member(sub, city, image_id) for sub in (self.labels, "color")]
         self._drain(keep=1)  # at most two images in flight bounds memory
         self.pending.append(self.pool.submit(self._write, paths, train_ids, rgb))
         self.count += 1
 
     def _member(self, sub: str, city: str, image_id: str) -> Path:
-        """staging/sub/{city}/{id}.png, refused unless it lies inside staging/sub: a record's
-        city or id ("../../x", "/tmp/x") never makes a path outside the set, whatever the reader let through."""
-        root = self.staging / sub
-        path = root / city / f"{image_id}.png"
-        inside = root.resolve()
-        if not city or not image_id or inside not in path.resolve().parents:
-            raise PredictionError(f"{self.out}: record city {city!r}, id {image_id!r} names a file outside the "
-                                  f"prediction folder ({sub}/{city}/{image_id}.png); nothing written")
-        return path
+        """staging/sub/{city}/{id}.png on Cityscapes, else staging/sub/{id}.png (the id holds the
+        image's subfolders); a record's city or id that would name a file outside the set
+        ("../../x", "/tmp/x") is refused by the readers' own rule, whatever the reader let through."""
+        folders = (city,) if self.table == CITYSCAPES else ()
+        try:
+            for name, value in [("city", f) for f in folders] + [("id", image_id)]:
+                check_path_field(name, value, f"{self.out}: a record's")
+        except ValueError as err:
+            raise PredictionError(f"{err}: it names a file outside the prediction folder; nothing written") from None
+        path = Path(sub, *folders, f"{image_id}.png")
+        if not sub and path.parts[0] == "color":
+            raise PredictionError(f"{self.out}: record city {city!r}, id {image_id!r}: its prediction would lie in "
+                                  "color/, the folder of the colour images; nothing written")
+        return self.staging / path
 
     def _write(self, paths: list, train_ids: np.ndarray, rgb: np.ndarray) -> None:
-        for path, image in zip(paths, (self.lut[train_ids], overlay(rgb, train_ids))):
+        # Straight into the private staging folder: the set is swapped in whole (`commit`).
+        for path, image in zip(paths, (self.lut[train_ids], overlay(rgb, train_ids, table=self.table))):
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_png_atomic(path, image)
+            path.write_bytes(png_bytes(image))
 
     def _drain(self, keep: int = 0) -> None:
         while len(self.pending) > keep:
@@ -116,8 +139,7 @@ class PredictionWriter:
     def commit(self, images: int) -> None:
         self._drain()
         self.pool.shutdown()
-        manifest = {"split": self.split, "checkpoint": self.checkpoint, "images": images,
-                    "layout": {"labelIds": "labelIds/{city}/{id}.png", "color": "color/{city}/{id}.png"}}
+        manifest = {"split": self.split, "checkpoint": self.checkpoint, "images": images, "layout": self.layout}
         try:
             (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             swap_in(self.staging, self.out, KIND)

@@ -8,14 +8,17 @@ and the fields that become paths (`schema.check_path_field`) are safe.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
 
+from base.class_table import CITYSCAPES, ClassTable
 from base.errors import UserError
 from base.atomic import write_bytes_atomic
-from mindrecords.schema import (MANIFEST, PATH_FIELDS, PIXEL_COLUMNS, STATE_DIR, SUMMARY, check_path_field,
-                                check_split_name, is_shard_name)
+from mindrecords.schema import (MANIFEST, PATH_FIELDS, STATE_DIR, SUMMARY, check_path_field, check_split_name,
+                                is_shard_name, pixel_columns)
+from settings.datasets import DatasetEval, DatasetSpec, dataset_from_dict, load_dataset
 
 
 class MindRecordError(UserError):
@@ -99,6 +102,67 @@ def read_manifest(out_dir, split: str, columns=None):
     table = table.cast(pa.schema([pa.field(f.name, pa.string()) if f.name in strings else f for f in table.schema],
                                  metadata=table.schema.metadata))
     return table if columns is None else table.select(columns)
+
+
+# The data set a split was built from, in the manifest's parquet schema metadata (docs/datasets.md).
+DATASET_KEY = b"segmenter.dataset"
+_MAX_DATASET_BYTES = 64 << 10  # 255 long class names and their colours fit several times over
+
+
+def dataset_block(spec: DatasetSpec) -> dict:
+    """What the manifest records of the data set: its classes and how they were encoded and are scored."""
+    table = spec.class_table().to_dict()
+    return {**table, "reduce_zero_label": spec.reduce_zero_label, "layout": spec.layout,
+            "eval": dataclasses.asdict(spec.eval)}
+
+
+def _raw_dataset_block(out_dir, split: str) -> bytes | None:
+    return (_manifest_file(out_dir, split).schema_arrow.metadata or {}).get(DATASET_KEY)
+
+
+def recorded_dataset_block(out_dir, split: str) -> dict | None:
+    """The dataset block of the split's manifest as written; None where there is no readable one."""
+    try:
+        return json.loads(_raw_dataset_block(out_dir, split))
+    except (MindRecordError, TypeError, ValueError):
+        return None
+
+
+def _built_dataset(out_dir, split: str) -> DatasetSpec | None:
+    """The data set recorded in the split's manifest (schema metadata only, its size bounded and its
+    content checked as a dataset file is), or None for a build made before the block existed."""
+    raw = _raw_dataset_block(out_dir, split)
+    if raw is None:
+        return None
+    where = str(Path(out_dir) / split / MANIFEST)
+    if len(raw) > _MAX_DATASET_BYTES:
+        raise MindRecordError(f"{where}: damaged manifest: a {len(raw)}-byte dataset block")
+    try:
+        block = json.loads(raw)
+        data = {"name": block["dataset"], "eval": block["eval"],
+                **{k: block[k] for k in ("classes", "palette", "ignore_index", "reduce_zero_label", "layout")}}
+    except (ValueError, KeyError, TypeError) as err:
+        raise MindRecordError(f"{where}: damaged manifest: unreadable dataset block ({type(err).__name__})") from None
+    return dataset_from_dict(data, f"{where}: {DATASET_KEY.decode()}")
+
+
+def data_classes(out_dir, split: str) -> ClassTable:
+    """The class table of the data set the split was built from (Cityscapes' for older builds)."""
+    spec = _built_dataset(out_dir, split)
+    return CITYSCAPES if spec is None else spec.class_table()
+
+
+def data_eval_protocol(out_dir, split: str) -> DatasetEval:
+    """The evaluation protocol of the data set the split was built from (Cityscapes' for older builds)."""
+    spec = _built_dataset(out_dir, split)
+    return load_dataset("cityscapes").eval if spec is None else spec.eval
+
+
+def data_label_offset(out_dir, split: str) -> int:
+    """What turns the split's class indices back into the source's label values: 1 where the build
+    moved every label down by one (reduce_zero_label), else 0 (prediction exports use it)."""
+    spec = _built_dataset(out_dir, split)
+    return int(spec is not None and spec.reduce_zero_label)
 
 
 def _check_column(column, name: str, dictionary: bool, path_field: bool, split: str) -> None:
@@ -196,28 +260,35 @@ def rows_by_shard(rows: list) -> dict[str, list]:
     return by_shard
 
 
-# Columns of manifest.parquet, in order; integer columns' types (every other column is a string).
-MANIFEST_COLUMNS = ("id", "city", "shard", "index_in_shard", "image_path", "image_bytes", "image_fingerprint",
-                    "label_path", "label_bytes", "label_fingerprint", "height", "width", "image_crc32",
-                    "label_crc32", *PIXEL_COLUMNS)
+# Columns of manifest.parquet, in order, before the pixel counts (`schema.pixel_columns`); integer
+# columns' types (every other column is a string, every pixel count int64).
+SAMPLE_COLUMNS = ("id", "city", "shard", "index_in_shard", "image_path", "image_bytes", "image_fingerprint",
+                  "label_path", "label_bytes", "label_fingerprint", "height", "width", "image_crc32", "label_crc32")
 _INT_COLUMNS = {"index_in_shard": "int32", "height": "int32", "width": "int32", "image_bytes": "int64",
-                "label_bytes": "int64", **{c: "int64" for c in PIXEL_COLUMNS}}
+                "label_bytes": "int64"}
 
 
-def write_split_index(split_dir: Path, columns: dict, summary: dict) -> None:
-    """Write summary.json, then manifest.parquet (`columns`: name -> values, MANIFEST_COLUMNS) last:
-    its presence means the split is complete."""
+def manifest_columns(classes: ClassTable) -> tuple:
+    """The manifest's columns, in order, for a data set with these classes."""
+    return SAMPLE_COLUMNS + pixel_columns(classes.names)
+
+
+def write_split_index(split_dir: Path, columns: dict, summary: dict, dataset: DatasetSpec) -> None:
+    """Write summary.json, then manifest.parquet (`columns`: name -> values, MANIFEST_COLUMNS; the
+    data set's block in its schema metadata) last: its presence means the split is complete."""
     import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if set(columns) != set(MANIFEST_COLUMNS):
-        raise ValueError(f"manifest columns differ from the format: {sorted(set(columns) ^ set(MANIFEST_COLUMNS))}")
-    table = pa.table({k: pa.array(columns[k], type=getattr(pa, _INT_COLUMNS.get(k, "string"))())
-                      for k in MANIFEST_COLUMNS})
+    names = manifest_columns(dataset.class_table())
+    if set(columns) != set(names):
+        raise ValueError(f"manifest columns differ from the format: {sorted(set(columns) ^ set(names))}")
+    types = {**_INT_COLUMNS, **dict.fromkeys(names[len(SAMPLE_COLUMNS):], "int64")}
+    table = pa.table({k: pa.array(columns[k], type=getattr(pa, types.get(k, "string"))()) for k in names})
     table = table.replace_schema_metadata({"build_key": summary["build_key"],
-                                           "options": json.dumps(summary["options"], sort_keys=True)})
+                                           "options": json.dumps(summary["options"], sort_keys=True),
+                                           DATASET_KEY: json.dumps(dataset_block(dataset), sort_keys=True)})
     buf = io.BytesIO()
     pq.write_table(table, buf)
     write_bytes_atomic(split_dir / SUMMARY, (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode())

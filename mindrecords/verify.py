@@ -13,10 +13,11 @@ import numpy as np
 from base.checksums import crc32_hex
 from base.errors import mindspore_detail
 from base.images import ImageError, decode_image, read_info
-from base.labels import IGNORE, NUM_CLASSES
-from mindrecords.manifest import MindRecordError, built_splits, manifest_rows, read_manifest, rows_by_shard
-from mindrecords.schema import (MANIFEST, PATH_FIELDS, PIXEL_COLUMNS, SUMMARY, check_path_field, decode_label,
-                                is_shard_name)
+from base.class_table import ClassTable
+from mindrecords.manifest import (MindRecordError, built_splits, data_classes, manifest_rows, read_manifest,
+                                  rows_by_shard)
+from mindrecords.schema import (MANIFEST, PATH_FIELDS, SUMMARY, check_path_field, decode_label, is_shard_name,
+                                pixel_columns)
 
 
 @dataclass
@@ -56,7 +57,7 @@ def _stored_label(rec: dict, where: str, report: SplitReport, shard: Path):
     return label
 
 
-def _check_record(rec: dict, expect: dict, report: SplitReport, shard: Path) -> None:
+def _check_record(rec: dict, expect: dict, classes: ClassTable, report: SplitReport, shard: Path) -> None:
     rid = rec["id"]
     where = f"record {rid!r}"
     for key in PATH_FIELDS:  # they become prediction paths (`labelIds/{city}/{id}.png`)
@@ -76,13 +77,14 @@ def _check_record(rec: dict, expect: dict, report: SplitReport, shard: Path) -> 
     label = _stored_label(rec, where, report, shard)
     if label is None:
         return
+    n, ignore = classes.n_cls, classes.ignore_index
     counts = np.bincount(label.ravel(), minlength=256)
-    bad = [i for i in np.flatnonzero(counts) if i >= NUM_CLASSES and i != IGNORE]
+    bad = [i for i in np.flatnonzero(counts) if i >= n and i != ignore]
     if bad:
-        report.add(shard, f"{where}: label values {bad} outside 0..{NUM_CLASSES - 1} and {IGNORE}")
+        report.add(shard, f"{where}: label values {bad} outside {classes.dataset}'s classes 0..{n - 1} and {ignore}")
         return
-    got = [int(c) for c in counts[:NUM_CLASSES]] + [int(counts[IGNORE])]
-    want = [expect[c] for c in PIXEL_COLUMNS]
+    got = [int(c) for c in counts[:n]] + [int(counts[ignore])]
+    want = [expect[c] for c in pixel_columns(classes.names)]
     if got != want:
         report.add(shard, f"{where}: label pixel counts differ from the manifest")
 
@@ -93,6 +95,7 @@ def verify_split(out_dir, split: str, progress=None) -> SplitReport:
     split_dir = Path(out_dir) / split
     try:
         table = read_manifest(out_dir, split)
+        classes = data_classes(out_dir, split)
     except MindRecordError as err:
         report.add(split_dir / MANIFEST, str(err).split(": ", 1)[1])
         return report
@@ -105,7 +108,7 @@ def verify_split(out_dir, split: str, progress=None) -> SplitReport:
     _check_folder(split_dir, split, set(by_shard), report)
     _check_summary(split_dir / SUMMARY, len(rows), report)
     for name in sorted(by_shard):
-        report.records += _verify_shard(split_dir / name, by_shard[name], report, progress)
+        report.records += _verify_shard(split_dir / name, by_shard[name], classes, report, progress)
     return report
 
 
@@ -136,7 +139,7 @@ def _check_summary(path: Path, rows: int, report: SplitReport) -> None:
         report.add(path, f"samples {samples} != manifest rows {rows}")
 
 
-def _verify_shard(path: Path, expected: list, report: SplitReport, progress=None) -> int:
+def _verify_shard(path: Path, expected: list, classes: ClassTable, report: SplitReport, progress=None) -> int:
     """Check one shard's records against its manifest rows; returns the number of records read."""
     from mindspore.mindrecord import FileReader
 
@@ -159,7 +162,7 @@ def _verify_shard(path: Path, expected: list, report: SplitReport, progress=None
                     report.add(path, f"record {len(seen) - 1} is {rid!r}, manifest says "
                                      f"{want['id'] if want else 'no more records'!r}")
                 else:
-                    _check_record(rec, want, report, path)
+                    _check_record(rec, want, classes, report, path)
                 if progress:
                     progress.update(1)
         finally:
@@ -178,12 +181,13 @@ def find_damage(out_dir, split: str, start_row: int = 0):
     `start_row`, checked as `verify` checks; None if none is found. Readers that fail mid-stream
     (their pipelines read ahead and name no file) call this to name the shard."""
     rows = read_manifest(out_dir, split).to_pylist()
+    classes = data_classes(out_dir, split)
     by_shard = rows_by_shard(rows)
     names = list(by_shard)
     first = names.index(rows[start_row]["shard"]) if start_row < len(rows) else 0
     for name in names[first:]:
         report = SplitReport(split)
-        _verify_shard(Path(out_dir) / split / name, by_shard[name], report)
+        _verify_shard(Path(out_dir) / split / name, by_shard[name], classes, report)
         if report.problems:
             return report.problems[0]
     return None

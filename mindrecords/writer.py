@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from mindrecords.schema import INDEX_FIELDS, SCHEMA, SCHEMA_DESC
+from mindrecords.schema import INDEX_FIELDS, SCHEMA
 from base.errors import mindspore_detail
 
 
-def write_shard(folder: Path, name: str, records: Iterable[dict]) -> int:
-    """Write `records` one by one (memory stays one record deep) to `folder/name` (+ `.db`).
+def write_shard(folder: Path, name: str, records: Iterable[dict], dataset: str = "cityscapes") -> int:
+    """Write `records` one by one (memory stays one record deep) to `folder/name` (+ `.db`), the
+    shard's schema described by the data set's name.
 
     `folder` must be private to this writer. Returns the number of records written.
     """
@@ -26,7 +27,7 @@ def write_shard(folder: Path, name: str, records: Iterable[dict]) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         writer = FileWriter(str(folder / name), shard_num=1, overwrite=True)
-        writer.add_schema(SCHEMA, SCHEMA_DESC)
+        writer.add_schema(SCHEMA, dataset)
         writer.add_index(INDEX_FIELDS)
         count = 0
         for record in records:

@@ -1,7 +1,7 @@
 """Evaluation input: a split's shards streamed in order, decoded and made into network input.
 
 Per image the dataset yields `id`, `city`, `image` (float32 CHW, `base.network_input`: normalized
-and resized so that its short side is `cfg.eval.infer_size`; 0 keeps the stored size) and `label`
+and resized to `cfg.eval.infer_size` (and `max_long_side`); infer size 0 keeps the stored size) and `label`
 (uint8 trainIds at the stored size, 255 ignore). With `with_raw=True` it also yields `raw`, the
 decoded uint8 RGB image at the stored size (for prediction overlays).
 
@@ -24,10 +24,10 @@ COLUMNS = ["id", "city", "image", "label"]
 
 class _NetworkInput:
     def __init__(self, cfg: Config):
-        self.mean, self.std, self.infer_size = cfg.model.mean, cfg.model.std, cfg.eval.infer_size
+        self.mean, self.std, self.e = cfg.model.mean, cfg.model.std, cfg.eval
 
     def __call__(self, rgb):
-        return network_input(rgb, self.mean, self.std, self.infer_size)
+        return network_input(rgb, self.mean, self.std, self.e.infer_size, self.e.max_long_side)
 
 
 def eval_indices(n_images: int, max_images: int = 0, rank: int = 0, group_size: int = 1) -> list[int]:

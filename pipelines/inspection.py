@@ -13,18 +13,20 @@ from pathlib import Path
 import numpy as np
 
 from base.atomic import check_can_create_dir, write_png_atomic
+from base.class_table import CITYSCAPES, ClassTable
 from base.overlay import overlay
 from base.ownership import make_staging, swap_in, why_not_replaceable
-from mindrecords.manifest import MindRecordError
+from mindrecords.manifest import MindRecordError, data_classes
 from mindrecords.reader import read_batches
 from pipelines.train_pipeline import train_dataset
 from settings.schema import Config
 
 
-def panel(image: np.ndarray, label: np.ndarray, cfg: Config) -> np.ndarray:
-    """One augmented sample as an RGB panel: [image | 50% blend with the label colours]; void and
-    padding (`data.ignore_index`) show as a checkerboard, the image padding is black."""
-    return np.concatenate([image, overlay(image, label, cfg.data.ignore_index)], axis=1)
+def panel(image: np.ndarray, label: np.ndarray, cfg: Config, table: ClassTable = CITYSCAPES) -> np.ndarray:
+    """One augmented sample as an RGB panel: [image | 50% blend with the label colours in the
+    data's palette]; void and padding (`data.ignore_index`) show as a checkerboard, the image
+    padding is black."""
+    return np.concatenate([image, overlay(image, label, cfg.data.ignore_index, table=table)], axis=1)
 
 
 KIND = "inspection"
@@ -51,6 +53,7 @@ def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> l
     cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = 1
     data = train_dataset(cfg, data_root)
+    table = data_classes(data_root, cfg.data.train_split)
     out = Path(out_dir)
     staging = make_staging(out)
     try:
@@ -58,7 +61,7 @@ def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> l
         for image, label, _ in read_batches(data, data_root, cfg.data.train_split, "inspect-pipeline",
                                             output_numpy=True):
             names.append(f"sample_{len(names):03d}.png")
-            write_png_atomic(staging / names[-1], panel(image[0], label[0], cfg))
+            write_png_atomic(staging / names[-1], panel(image[0], label[0], cfg, table))
             if progress is not None:
                 progress.update(1)
             if len(names) == n:

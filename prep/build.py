@@ -1,8 +1,10 @@
-"""`build-mindrecord`: Cityscapes splits to sharded MindRecord, in parallel, resumable, atomic.
+"""`build-mindrecord`: a data set's splits (Cityscapes, ADE20K, Pascal Context, a dataset file;
+settings/datasets.py) to sharded MindRecord, in parallel, resumable, atomic.
 
 Plan: samples sorted by id, cut into consecutive shards of `shard_size` (deterministic).
 Each shard is committed with a state file (`.state/NAME.json`: its samples, their source
-fingerprints, the build options, the shard's file sizes and CRC-32s). A rerun keeps every shard
+fingerprints, the build options (a folder data set's whole dataset file among them), the shard's
+file sizes and CRC-32s). A rerun keeps every shard
 whose state still matches its sources (size + mtime, or content hash when the mtime moved) and
 whose files still have the recorded size and CRC-32 (so a shard damaged in place, even without a
 size change, is rebuilt), and a changed or added file rebuilds only the shards whose sample list
@@ -24,6 +26,7 @@ and its files still have the recorded sizes and CRC-32s. Workers exit with the b
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -37,16 +40,17 @@ from pathlib import Path
 from base.atomic import check_writable_dir
 from base.checksums import file_crc32
 from base.progress import Progress
-from mindrecords.manifest import MANIFEST_COLUMNS, write_split_index
-from mindrecords.schema import (MANIFEST, PIXEL_COLUMNS, STAGING_DIR, STATE_DIR, SUMMARY, check_split_name,
+from mindrecords.manifest import dataset_block, manifest_columns, recorded_dataset_block, write_split_index
+from mindrecords.schema import (MANIFEST, STAGING_DIR, STATE_DIR, SUMMARY, check_split_name, pixel_columns,
                                 shard_name)
 from mindrecords.writer import commit_shard, remove_shard, remove_tree, shard_files, write_shard
-from prep.convert import convert
-from prep.discover import Sample, discover
+from prep.convert import convert, encoding
+from prep.discover import Sample, dataset_root, discover, discover_folders, source_folders
 from prep.errors import PrepError
 from prep.malloc import reuse_freed_memory
 from prep.report import format_summary, split_summary
 from prep.shard_state import SOURCE_KEYS, load_json, usable, write_json, written_as_recorded
+from settings.datasets import DatasetSpec, load_dataset
 
 # Bump when the stored bytes or the recorded facts for the same sources and options would change
 # (3: the manifest records the stored bytes' CRC-32s, the state each shard file's CRC-32).
@@ -69,15 +73,18 @@ def plan(samples: list[Sample], split: str, shard_size: int) -> list[tuple[str, 
             for i in range(0, len(samples), shard_size)]
 
 
-def build_shard(root: Path, staging: Path, name: str, members: list[Sample], options: dict) -> dict:
-    """Convert and write one shard into `staging/name/` (complete or absent); returns its state."""
+def build_shard(root: Path, staging: Path, name: str, members: list[Sample], options: dict,
+                spec: DatasetSpec) -> dict:
+    """Convert and write one shard of data set `spec` into `staging/name/` (complete or absent);
+    returns its state."""
     tmp = staging / f"{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    enc = encoding(spec)
     entries = []
 
     def records():
         for sample in members:
             stats = {key: (root / getattr(sample, key)).stat() for key in SOURCE_KEYS}
-            record, facts = convert(root, sample, options["image_format"])
+            record, facts = convert(root, sample, options["image_format"], enc)
             entry = {"id": sample.id, "city": sample.city, "image": sample.image, "label": sample.label,
                      "height": facts["height"], "width": facts["width"], "pixels": facts["pixels"],
                      "image_crc32": facts["image_crc32"], "label_crc32": facts["label_crc32"]}
@@ -89,7 +96,7 @@ def build_shard(root: Path, staging: Path, name: str, members: list[Sample], opt
             yield record
 
     try:
-        write_shard(tmp, name, records())
+        write_shard(tmp, name, records(), spec.name)
         files = shard_files(tmp, name)
         state = {"name": name, "options": options, "samples": entries,
                  "file_bytes": [p.stat().st_size for p in files], "file_crc32": [file_crc32(p) for p in files]}
@@ -102,16 +109,17 @@ def build_shard(root: Path, staging: Path, name: str, members: list[Sample], opt
     return state
 
 
-def manifest_columns(states: list[dict]) -> dict:
-    """The manifest's columns (mindrecords.manifest.MANIFEST_COLUMNS) from the shards' states."""
-    cols = {k: [] for k in MANIFEST_COLUMNS}
+def manifest_table(states: list[dict], spec: DatasetSpec) -> dict:
+    """The manifest's columns (`mindrecords.manifest.manifest_columns`) from the shards' states."""
+    cols = {k: [] for k in manifest_columns(spec.class_table())}
+    pixels = pixel_columns(spec.classes)
     for state in states:
         for i, e in enumerate(state["samples"]):
             row = {"id": e["id"], "city": e["city"], "shard": state["name"], "index_in_shard": i,
                    "image_path": e["image"], "label_path": e["label"], "height": e["height"], "width": e["width"],
                    "image_crc32": e["image_crc32"], "label_crc32": e["label_crc32"],
                    **{f"{key}_{what}": e[f"{key}_{what}"] for key in SOURCE_KEYS for what in ("bytes", "fingerprint")},
-                   **dict(zip(PIXEL_COLUMNS, e["pixels"]))}
+                   **dict(zip(pixels, e["pixels"]))}
             for k, v in row.items():
                 cols[k].append(v)
     return cols
@@ -144,8 +152,10 @@ def _check_not_foreign(out: Path, plans: dict) -> None:
 
 
 def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int = 64,
-          image_format: str = "png", labels: str = "fine", force: bool = False, echo=print) -> list[SplitResult]:
-    """Build (or bring up to date) OUT/{split}/ for each split; see the module doc."""
+          image_format: str = "png", labels: str = "fine", force: bool = False, echo=print,
+          dataset="cityscapes") -> list[SplitResult]:
+    """Build (or bring up to date) OUT/{split}/ for each split of `dataset` (a built-in name or a
+    dataset file); see the module doc."""
     start = time.perf_counter()
     if shard_size < 1:
         raise PrepError(f"--shard-size must be >= 1, got {shard_size}")
@@ -156,32 +166,54 @@ def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int 
             check_split_name(split)
         except ValueError as err:
             raise PrepError(f"{out}: {err}") from None
+    spec = load_dataset(dataset)
+    try:
+        pixel_columns(spec.classes)
+    except ValueError as err:
+        raise PrepError(f"{dataset}: classes: {err}") from None
     root, out = Path(root), Path(out)
     workers = workers or os.cpu_count() or 1
-    _check_out(root, out)
-    found = discover(root, splits, labels)  # every split's names are checked before any write
+    if spec.layout == "cityscapes":
+        _check_out(root, out, SOURCE_FOLDERS)
+        found = discover(root, splits, labels)  # every split's names are checked before any write
+    else:
+        if labels != "fine":
+            raise PrepError(f"--labels {labels}: Cityscapes' gtCoarse; {spec.name} has one label folder")
+        root = dataset_root(root, spec, list(splits))
+        _check_out(root, out, source_folders(spec, splits))
+        found = {split: discover_folders(root, spec, split) for split in splits}
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise PrepError(f"{out}: cannot create the output folder ({err.strerror})") from None
     with _exclusive(out):
-        return _build(root, out, found, workers, shard_size, image_format, labels, force, echo, start)
+        return _build(root, out, found, workers, _options(spec, shard_size, image_format, labels), spec, force,
+                      echo, start)
+
+
+def _options(spec: DatasetSpec, shard_size: int, image_format: str, labels: str) -> dict:
+    """The build options every shard's state records: a change rebuilds the shard. A folder data
+    set's whole dataset file is one; Cityscapes' records depend on none of its file's fields (the
+    label table is code), and its options stay those of builds made before data sets existed."""
+    options = {"format_version": FORMAT_VERSION, "image_format": image_format, "labels": labels,
+               "shard_size": shard_size}
+    return options if spec.layout == "cityscapes" else {**options, "dataset": dataclasses.asdict(spec)}
 
 
 SOURCE_FOLDERS = ("leftImg8bit", "gtFine", "gtCoarse")
 
 
-def _check_out(root: Path, out: Path) -> None:
-    """OUT must be a folder (or not exist yet) outside ROOT's image and label folders: shards written
+def _check_out(root: Path, out: Path, folders) -> None:
+    """OUT must be a folder (or not exist yet) outside ROOT's image and label `folders`: shards written
     there would become part of the source tree and break every later build from it."""
     if out.exists() and not out.is_dir():
         raise PrepError(f"{out}: exists and is not a folder")
     resolved = out.resolve()
-    for name in SOURCE_FOLDERS:
+    for name in folders:
         source = (root / name).resolve()
         if resolved == source or source in resolved.parents:
             raise PrepError(f"{out}: inside the source folder {root / name}; choose an --out outside "
-                            f"{root}/{{{','.join(SOURCE_FOLDERS)}}}")
+                            f"{', '.join(str(root / f) for f in folders)}")
 
 
 @contextmanager
@@ -205,26 +237,24 @@ def _exclusive(out: Path):
         os.close(fd)
 
 
-def _build(root: Path, out: Path, found: dict, workers: int, shard_size: int, image_format: str, labels: str,
-           force: bool, echo, start: float) -> list[SplitResult]:
-    options = {"format_version": FORMAT_VERSION, "image_format": image_format, "labels": labels,
-               "shard_size": shard_size}
-    plans = {split: plan(samples, split, shard_size) for split, samples in found.items()}
+def _build(root: Path, out: Path, found: dict, workers: int, options: dict, spec: DatasetSpec, force: bool, echo,
+           start: float) -> list[SplitResult]:
+    plans = {split: plan(samples, split, options["shard_size"]) for split, samples in found.items()}
     _check_not_foreign(out, plans)
-    ready, refreshed, tasks = _reusable(root, out, plans, options, force)
+    ready, refreshed, tasks = _reusable(root, out, plans, options, len(spec.classes) + 1, force)
     if tasks:
         try:
             check_writable_dir(out)
         except OSError as err:
             raise PrepError(f"{out}: cannot write shards here ({err.strerror})") from None
-        ready.update(_convert_all(root, out, tasks, options, workers))
-    results = [_commit_split(out / split, split, shard_plan, ready, refreshed, options)
+        ready.update(_convert_all(root, out, tasks, options, spec, workers))
+    results = [_commit_split(out / split, split, shard_plan, ready, refreshed, options, spec)
                for split, shard_plan in plans.items()]
     _report(results, sum(len(m) for _, _, m in tasks), time.perf_counter() - start, echo)
     return results
 
 
-def _reusable(root: Path, out: Path, plans: dict, options: dict, force: bool):
+def _reusable(root: Path, out: Path, plans: dict, options: dict, pixels: int, force: bool):
     """Which planned shards can be kept: ({(split, name): ("committed"|"staged", state)},
     kept shards whose recorded mtimes need refreshing, [(split, name, members)] to convert)."""
     ready, refreshed, tasks = {}, set(), []
@@ -236,26 +266,26 @@ def _reusable(root: Path, out: Path, plans: dict, options: dict, force: bool):
         for name, members in shard_plan:
             state = None if force else load_json(split_dir / STATE_DIR / f"{name}.json")
             recorded = json.dumps(state, sort_keys=True)
-            if usable(state, split_dir, name, root, members, options):
+            if usable(state, split_dir, name, root, members, options, pixels):
                 ready[(split, name)] = ("committed", state)
                 if json.dumps(state, sort_keys=True) != recorded:  # content confirmed a moved mtime
                     refreshed.add((split, name))
                 continue
             staged = None if force else load_json(staging / name / "state.json")
-            if usable(staged, staging / name, name, root, members, options):
+            if usable(staged, staging / name, name, root, members, options, pixels):
                 ready[(split, name)] = ("staged", staged)
             else:
                 tasks.append((split, name, members))
     return ready, refreshed, tasks
 
 
-def _convert_all(root: Path, out: Path, tasks: list, options: dict, workers: int) -> dict:
+def _convert_all(root: Path, out: Path, tasks: list, options: dict, spec: DatasetSpec, workers: int) -> dict:
     """Convert the shards in `tasks` in parallel into their splits' staging folders."""
     from joblib import Parallel, delayed
 
     ready = {}
     progress = Progress(sum(len(m) for _, _, m in tasks), "build-mindrecord", "img")
-    jobs = (delayed(_build_task)(os.getpid(), root, out / split / STAGING_DIR, split, name, members, options)
+    jobs = (delayed(_build_task)(os.getpid(), root, out / split / STAGING_DIR, split, name, members, options, spec)
             for split, name, members in tasks)
     try:
         for split, name, state in Parallel(n_jobs=min(workers, len(tasks)), return_as="generator_unordered")(jobs):
@@ -267,17 +297,19 @@ def _convert_all(root: Path, out: Path, tasks: list, options: dict, workers: int
 
 
 def _commit_split(split_dir: Path, split: str, shard_plan: list, ready: dict, refreshed: set,
-                  options: dict) -> SplitResult:
-    """Move the split's staged shards in and rewrite its manifest when anything changed."""
+                  options: dict, spec: DatasetSpec) -> SplitResult:
+    """Move the split's staged shards in and rewrite its manifest when anything changed (the
+    dataset block too: a renamed class or a new colour rewrites only the manifest and summary)."""
     names = [name for name, _ in shard_plan]
     states = [ready[(split, n)][1] for n in names]
     staged = [n for n in names if ready[(split, n)][0] == "staged"]
     stray = _stray_shards(split_dir, set(names))
-    summary = split_summary(split, states, options)
+    summary = split_summary(split, states, options, spec.classes)
     old = load_json(split_dir / SUMMARY)
     old_key = old.get("build_key") if isinstance(old, dict) else None
-    if staged or stray or old_key != summary["build_key"] or not (split_dir / MANIFEST).is_file():
-        _commit(split_dir, staged, stray, states, summary)
+    if (staged or stray or old_key != summary["build_key"] or not (split_dir / MANIFEST).is_file()
+            or recorded_dataset_block(split_dir.parent, split) != dataset_block(spec)):
+        _commit(split_dir, staged, stray, states, summary, spec)
     staging = split_dir / STAGING_DIR
     for leftover in staging.iterdir() if staging.is_dir() else []:  # the build's private workspace
         remove_tree(leftover)  # what is left there is a killed build's work, of shards no longer planned
@@ -301,11 +333,11 @@ def _report(results: list[SplitResult], converted: int, seconds: float, echo) ->
          f"{seconds:.1f}s; {rate}")
 
 
-def _build_task(parent, root, staging, split, name, members, options):
+def _build_task(parent, root, staging, split, name, members, options, spec):
     _end_with_parent(parent)
     reuse_freed_memory()
     staging.mkdir(parents=True, exist_ok=True)
-    return split, name, build_shard(root, staging, name, members, options)
+    return split, name, build_shard(root, staging, name, members, options, spec)
 
 
 _PARENT_POLL_S = 0.5
@@ -329,7 +361,8 @@ def _end_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
-def _commit(split_dir: Path, staged: list[str], stray: list[str], states: list[dict], summary: dict) -> None:
+def _commit(split_dir: Path, staged: list[str], stray: list[str], states: list[dict], summary: dict,
+            spec: DatasetSpec) -> None:
     state_dir = split_dir / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     (split_dir / MANIFEST).unlink(missing_ok=True)  # readers now see "build did not finish"
@@ -342,4 +375,4 @@ def _commit(split_dir: Path, staged: list[str], stray: list[str], states: list[d
     for name in stray:  # files first: an interrupted removal keeps the proof for what is left
         remove_shard(split_dir, name)
         (state_dir / f"{name}.json").unlink()
-    write_split_index(split_dir, manifest_columns(states), summary)
+    write_split_index(split_dir, manifest_table(states, spec), summary, spec)

@@ -1,13 +1,18 @@
-"""One sample from source files to a MindRecord row: checked, labels mapped with the 256-entry LUT.
+"""One sample from source files to a MindRecord row: checked, labels mapped with the data set's
+256-entry LUT (`Encoding`).
 
-The image is stored as found (PNG) or re-encoded as JPEG quality 95; the label becomes a
-single-channel PNG of trainIds (255 ignore). Every source file is proven complete and decodable:
-labels (and images to re-encode) are decoded; an image stored as found is checked without
-building its pixels (`check_rgb_png`), since the build never needs them.
+An 8-bit RGB PNG or JPEG image is stored as found (`--image-format jpeg`: a PNG is re-encoded as
+JPEG quality 95); any other image a data set holds (grey, palette, 16-bit, another format) is
+decoded and stored as a lossless 8-bit RGB PNG, the record's format. Cityscapes' images must be
+8-bit RGB PNGs. The label becomes a single-channel PNG of train indices (the data set's ignore
+index for ignored pixels). Every source file is proven complete and decodable: labels, JPEGs and
+images to re-encode are decoded; a PNG stored as found is checked without building its pixels
+(`check_rgb_png`), since the build never needs them.
 """
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -17,11 +22,10 @@ from isal import isal_zlib
 from base.checksums import crc32_hex, fingerprint
 from base.images import ImageError, decode_image, decode_label, read_info
 from prep.errors import PrepError
-from base.labels import IGNORE, NUM_CLASSES, VALID_LABEL_IDS, label_to_train_lut
+from base.labels import VALID_LABEL_IDS, label_to_train_lut
 from prep.polygons import draw, parse_polygons
+from settings.datasets import DatasetSpec
 
-LUT = label_to_train_lut()
-_INVALID_IDS = np.array([i not in VALID_LABEL_IDS for i in range(256)])
 JPEG_QUALITY = 95
 _EXACT_HIST = 1 << 24  # cv2.calcHist counts in float32: exact up to 2**24 pixels
 
@@ -47,11 +51,6 @@ def decode_rgb_png(data: bytes, path: Path) -> np.ndarray:
     if (info.format, info.mode, info.bits) != ("PNG", "RGB", 8):
         raise PrepError(f"{path}: expected an 8-bit RGB PNG, got {info.describe()}")
     return _decoded(decode_image, data, path)
-
-
-def decode_label_png(data: bytes, path: Path) -> np.ndarray:
-    """(H, W) uint8 labelIds of a source label PNG (8-bit grey, or palette indices; base/images.py)."""
-    return _decoded(decode_label, data, path, what="labelIds")
 
 
 def _png_chunks(data: bytes, path: Path):
@@ -105,19 +104,52 @@ def check_rgb_png(data: bytes, path: Path) -> tuple[int, int]:
     return height, width
 
 
-def label_ids_to_train(label_ids: np.ndarray, path) -> tuple[np.ndarray, list[int]]:
-    """(trainIds uint8, pixels of each of the 19 classes then ignore); raises if an id is
-    outside the official table. One histogram serves both the check and the counts."""
+@dataclass(frozen=True)
+class Encoding:
+    """How a data set's source label values become train indices, and what its sources may be
+    (picklable: it travels to the build's workers)."""
+    lut: np.ndarray    # (256,) uint8: source value -> train index or ignore
+    valid: np.ndarray  # (256,) bool: the values a source label may hold
+    n_cls: int
+    ignore: int
+    cityscapes: bool   # labelIds by the official table, polygon labels, 8-bit RGB PNG images only
+    invalid: str       # the error for values outside `valid`, with a {values} placeholder
+
+
+def encoding(spec: DatasetSpec) -> Encoding:
+    """The data set's `Encoding`: Cityscapes' official labelId table, or for a folder data set its
+    classes as stored (0..N-1), or with `reduce_zero_label` 0 ignored and k -> k-1 (mmseg's rule:
+    the ignore value stays ignore)."""
+    n, ignore = len(spec.classes), spec.ignore_index
+    if spec.layout == "cityscapes":
+        valid = np.array([i in VALID_LABEL_IDS for i in range(256)])
+        return Encoding(label_to_train_lut(), valid, n, ignore, True,
+                        "label ids {values} are not in the official Cityscapes table")
+    lut = np.full(256, ignore, np.uint8)
+    shift = int(spec.reduce_zero_label)
+    lut[shift:n + shift] = np.arange(n)
+    lut[ignore] = ignore
+    valid = np.zeros(256, bool)
+    valid[:n + shift] = valid[ignore] = True
+    rule = ", 0 ignored and k -> class k-1" if shift else ""
+    return Encoding(lut, valid, n, ignore, False,
+                    f"label values {{values}} are outside {spec.name}'s labels 0..{n - 1 + shift} and {ignore} "
+                    f"(ignore){rule}")
+
+
+def label_ids_to_train(label_ids: np.ndarray, path, enc: Encoding) -> tuple[np.ndarray, list[int]]:
+    """(train indices uint8, pixels of each class then ignore); raises if a value is not one the
+    data set's labels may hold. One histogram serves both the check and the counts."""
     if label_ids.size < _EXACT_HIST:
         hist = cv2.calcHist([label_ids], [0], None, [256], [0, 256]).ravel().astype(np.int64)
     else:
         hist = np.bincount(label_ids.ravel(), minlength=256)
-    bad = np.flatnonzero((hist > 0) & _INVALID_IDS)
+    bad = np.flatnonzero((hist > 0) & ~enc.valid)
     if bad.size:
-        raise PrepError(f"{path}: label ids {bad.tolist()} are not in the official Cityscapes table")
-    train_hist = np.bincount(LUT, weights=hist, minlength=256).astype(np.int64)
-    counts = [int(c) for c in train_hist[:NUM_CLASSES]] + [int(train_hist[IGNORE])]
-    return cv2.LUT(label_ids, LUT), counts
+        raise PrepError(f"{path}: " + enc.invalid.format(values=bad.tolist()))
+    train_hist = np.bincount(enc.lut, weights=hist, minlength=256).astype(np.int64)
+    counts = [int(c) for c in train_hist[:enc.n_cls]] + [int(train_hist[enc.ignore])]
+    return cv2.LUT(label_ids, enc.lut), counts
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
@@ -138,30 +170,42 @@ def encode_label_png(train_ids: np.ndarray) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
-def convert(root: Path, sample, image_format: str) -> tuple[dict, dict]:
-    """(MindRecord row, manifest facts) for one `prep.discover.Sample`."""
+def _stored_image(data: bytes, path: Path, image_format: str, enc: Encoding) -> tuple[bytes, int, int]:
+    """(the bytes the record stores, height, width) of a source image (see the module doc)."""
+    if enc.cityscapes and image_format == "png":
+        return (data, *check_rgb_png(data, path))
+    if enc.cityscapes:
+        image = decode_rgb_png(data, path)
+    else:
+        info = _decoded(read_info, data, path)
+        rgb = (info.mode, info.bits) == ("RGB", 8)
+        if rgb and info.format == "PNG" and image_format == "png":
+            return (data, *check_rgb_png(data, path))
+        image = _decoded(decode_image, data, path)
+        if rgb and info.format == "JPEG":  # decoded only to prove it whole; re-encoding would lose quality
+            return (data, *image.shape[:2])
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if image_format == "jpeg" else []
+    return (cv2.imencode(".jpg" if image_format == "jpeg" else ".png", bgr, params)[1].tobytes(), *image.shape[:2])
+
+
+def convert(root: Path, sample, image_format: str, enc: Encoding) -> tuple[dict, dict]:
+    """(MindRecord row, manifest facts) for one `prep.discover.Sample` of a data set encoded as `enc`."""
     image_path, label_path = root / sample.image, root / sample.label
     image_bytes = _read(image_path)
-    if image_format == "jpeg":
-        image = decode_rgb_png(image_bytes, image_path)
-        height, width = image.shape[:2]
-        stored = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                              [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
-    else:
-        height, width = check_rgb_png(image_bytes, image_path)
-        stored = image_bytes
+    stored, height, width = _stored_image(image_bytes, image_path, image_format, enc)
     label_bytes = _read(label_path)
-    if sample.label_is_polygons:
+    if enc.cityscapes and sample.label_is_polygons:
         h, w, objects = parse_polygons(label_bytes, label_path)
         if (h, w) != (height, width):
             raise PrepError(f"{label_path}: size {h}x{w} differs from its image {image_path} ({height}x{width})")
         label_ids = draw(h, w, objects, label_path)
     else:
-        label_ids = decode_label_png(label_bytes, label_path)
+        label_ids = _decoded(decode_label, label_bytes, label_path, what="labelIds" if enc.cityscapes else "label")
         if label_ids.shape != (height, width):
             raise PrepError(f"{label_path}: size {label_ids.shape[0]}x{label_ids.shape[1]} differs from its "
                             f"image {image_path} ({height}x{width})")
-    train_ids, counts = label_ids_to_train(label_ids, label_path)
+    train_ids, counts = label_ids_to_train(label_ids, label_path, enc)
     record = {"id": sample.id, "city": sample.city, "image": stored, "label": encode_label_png(train_ids),
               "height": int(height), "width": int(width)}
     # The stored bytes' CRCs let `verify` find damage no decoder reports (libjpeg decodes altered data).

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 from base.checksums import fingerprint
-from base.labels import CLASS_NAMES
-from mindrecords.schema import PIXEL_COLUMNS
 
 
 def _build_key(states: list[dict]) -> str:
@@ -16,8 +14,9 @@ def _build_key(states: list[dict]) -> str:
     return fingerprint(json.dumps(slim, sort_keys=True).encode())
 
 
-def split_summary(split: str, states: list[dict], options: dict) -> dict:
-    totals = [0] * len(PIXEL_COLUMNS)
+def split_summary(split: str, states: list[dict], options: dict, class_names) -> dict:
+    """The summary of a split of a data set with these classes (train-index order)."""
+    totals = [0] * (len(class_names) + 1)
     for s in states:
         for e in s["samples"]:
             totals = [a + b for a, b in zip(totals, e["pixels"])]
@@ -27,19 +26,31 @@ def split_summary(split: str, states: list[dict], options: dict) -> dict:
         "split": split, "samples": sum(len(s["samples"]) for s in states), "options": options,
         "shards": [{"name": s["name"], "samples": len(s["samples"]), "bytes": sum(s["file_bytes"])} for s in states],
         "bytes": sum(sum(s["file_bytes"]) for s in states),
-        "class_pixels": dict(zip(CLASS_NAMES, totals[:-1])),
-        "class_frequency": {n: (c / labeled if labeled else 0.0) for n, c in zip(CLASS_NAMES, totals[:-1])},
+        "class_pixels": dict(zip(class_names, totals[:-1])),
+        "class_frequency": {n: (c / labeled if labeled else 0.0) for n, c in zip(class_names, totals[:-1])},
         "ignore_pixels": totals[-1], "ignore_fraction": totals[-1] / all_pixels if all_pixels else 0.0,
         "build_key": _build_key(states),
     }
 
 
+_SHOWN = 20  # a data set with more classes is printed by its most frequent ones (all in summary.json)
+_LINE = 88    # characters of class frequencies per printed line
+
+
 def format_summary(summary: dict) -> str:
     freq = summary["class_frequency"]
+    names = list(freq)
+    if len(names) <= _SHOWN:
+        shown, what = names, "class frequencies (of labeled pixels):"
+    else:
+        shown = sorted(names, key=lambda n: -freq[n])[:_SHOWN]
+        what = f"the {_SHOWN} most frequent of {len(names)} classes (of labeled pixels; all in summary.json):"
     lines = [f"{summary['split']}: {summary['samples']} samples in {len(summary['shards'])} shards, "
-             f"{summary['bytes'] / 1e6:.1f} MB, ignore {summary['ignore_fraction']:.1%} of pixels; "
-             "class frequencies (of labeled pixels):"]
-    items = [f"{name:>13} {freq[name]:6.2%}" for name in CLASS_NAMES]
-    for i in range(0, len(items), 4):
-        lines.append("  " + "  ".join(items[i:i + 4]))
+             f"{summary['bytes'] / 1e6:.1f} MB, ignore {summary['ignore_fraction']:.1%} of pixels; {what}"]
+    labels = {name: name.split(",")[0] for name in shown}  # ADE20K's "building, edifice": its first name
+    width = max(13, *map(len, labels.values()))
+    items = [f"{labels[name]:>{width}} {freq[name]:6.2%}" for name in shown]
+    per_line = max(1, _LINE // (width + 9))
+    for i in range(0, len(items), per_line):
+        lines.append("  " + "  ".join(items[i:i + per_line]))
     return "\n".join(lines)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from base.atomic import write_bytes_atomic
 from base.checksums import file_crc32, fingerprint
-from mindrecords.schema import PIXEL_COLUMNS
 from mindrecords.writer import shard_files
 from prep.discover import Sample
 
@@ -60,9 +59,10 @@ def _sources_match(root: Path, members: list[Sample], entries: list) -> bool:
     return True
 
 
-def well_formed(state, name: str) -> bool:
-    """True if `state` has the shape `build.build_shard` writes for shard `name`; a damaged state
-    (wrong types, a list, a string) is never trusted: its shard is rebuilt."""
+def well_formed(state, name: str, pixels: int | None = None) -> bool:
+    """True if `state` has the shape `build.build_shard` writes for shard `name`, each sample with
+    `pixels` counts (classes and ignore; any number if None); a damaged state (wrong types, a list,
+    a string) is never trusted: its shard is rebuilt."""
     if not (isinstance(state, dict) and state.get("name") == name and isinstance(state.get("options"), dict)):
         return False
     sizes, crcs, samples = state.get("file_bytes"), state.get("file_crc32"), state.get("samples")
@@ -71,7 +71,7 @@ def well_formed(state, name: str) -> bool:
         return False
     return isinstance(samples, list) and all(
         isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in _ENTRY_TYPES.items())
-        and len(e["pixels"]) == len(PIXEL_COLUMNS) and all(isinstance(v, int) for v in e["pixels"])
+        and len(e["pixels"]) == (pixels or len(e["pixels"])) and all(isinstance(v, int) for v in e["pixels"])
         for e in samples)
 
 
@@ -96,6 +96,6 @@ def written_as_recorded(folder: Path, name: str, state) -> bool:
         for path, size, crc in zip(shard_files(folder, name), state["file_bytes"], state["file_crc32"]))
 
 
-def usable(state, folder: Path, name: str, root: Path, members, options: dict) -> bool:
-    return (well_formed(state, name) and state["options"] == options
+def usable(state, folder: Path, name: str, root: Path, members, options: dict, pixels: int) -> bool:
+    return (well_formed(state, name, pixels) and state["options"] == options
             and _files_match(folder, name, state) and _sources_match(root, members, state["samples"]))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
 from base.messages import short_repr
+from base.names import split_name_problem
 from base.errors import UserError
 
 
@@ -35,7 +36,8 @@ class ModelConfig:
     n_layers: int = 12
     n_heads: int = 3
     mlp_ratio: int = 4
-    n_cls: int = 19
+    # None (null): the classes of the data the run trains or evaluates on (docs/datasets.md).
+    n_cls: Optional[int] = 19
     # (H, W) the position-embedding grid is trained at (the crop); other sizes resize it bilinearly.
     image_size: List[int] = field(default_factory=lambda: [768, 768])
     drop_path_rate: float = 0.1
@@ -134,10 +136,16 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    window_size: int = 768
-    window_stride: int = 512
-    # Images are resized so that their short side equals infer_size (0 = keep size).
-    infer_size: int = 1024
+    # None (the default): the data set's protocol (`with_eval_protocol`), recorded in the build's
+    # manifest and in checkpoints; a value here overrides it, a CLI option overrides both.
+    window_size: Optional[int] = None
+    window_stride: Optional[int] = None
+    # Images are resized so that their short side equals infer_size (0 = keep size) ...
+    infer_size: Optional[int] = None
+    # ... and, if > 0, their long side is at most max_long_side: mmseg's keep-ratio Resize (mmcv
+    # imrescale on the uint8 image, as the official ADE20K and Pascal Context evaluation);
+    # 0 resizes the normalized image to the short side (the official Cityscapes evaluation).
+    max_long_side: Optional[int] = None
     batch_windows: int = 4
     flip: bool = False
     scales: List[float] = field(default_factory=lambda: [1.0])
@@ -229,7 +237,8 @@ def _convert(tp, value: Any, key: str):
 def _check_model(cfg: Config) -> None:
     m = cfg.model
     for key in ("patch_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "n_cls"):
-        _at_least(f"model.{key}", getattr(m, key), 1)
+        if getattr(m, key) is not None:
+            _at_least(f"model.{key}", getattr(m, key), 1)
     _at_least("model.decoder.n_layers", m.decoder.n_layers, 0)
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads})")
@@ -263,7 +272,7 @@ def _check_data(cfg: Config) -> None:
         raise ConfigError(f"data.crop_size ({d.crop_size}) and data.base_size ({short_repr(d.base_size)}, "
                           "[width, height]) must be positive")
     for key in ("train_split", "val_split"):
-        _folder_name(f"data.{key}", getattr(d, key))
+        _split_name(f"data.{key}", getattr(d, key))
     _positive_range("data.ratio_range", d.ratio_range)
     if not 0 < d.cat_max_ratio <= 1 or d.cat_max_tries < 0:
         raise ConfigError(f"data.cat_max_ratio ({d.cat_max_ratio}) must be in (0, 1] (1 disables it) and "
@@ -277,7 +286,7 @@ def _check_data(cfg: Config) -> None:
                           f"data.photometric.hue_delta ({p.hue_delta}) in 0..180 (OpenCV's 8-bit hue range)")
     if d.num_parallel_workers < 1:
         raise ConfigError(f"data.num_parallel_workers ({d.num_parallel_workers}) must be >= 1")
-    if not cfg.model.n_cls <= d.ignore_index <= 255:
+    if not (cfg.model.n_cls or 1) <= d.ignore_index <= 255:
         raise ConfigError(f"data.ignore_index ({d.ignore_index}) must be in {cfg.model.n_cls}..255: "
                           f"padding and void pixels must never look like a class")
     short_max = int(min(d.base_size) * max(d.ratio_range))
@@ -287,22 +296,46 @@ def _check_data(cfg: Config) -> None:
             f"{short_max} (min(data.base_size) x max(data.ratio_range)); every crop would be mostly padding")
 
 
-def _folder_name(key: str, value: str) -> None:
-    """A value that names one folder (OUT/{split}/): never a path that could lead elsewhere."""
-    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
-        raise ConfigError(f"{key} ({short_repr(value)}) must be a folder name: not empty, '.' or '..', "
-                          "no '/' or '\\'")
+def _split_name(key: str, value: str) -> None:
+    """A split's name (OUT/{split}/): the one rule of `base.names`, never a path that could lead elsewhere."""
+    problem = split_name_problem(value)
+    if problem:
+        raise ConfigError(f"{key} ({short_repr(value)}): {problem}")
 
 
 def _check_eval(cfg: Config) -> None:
+    """The eval keys a config sets (None leaves one to the data set, checked when it is resolved)."""
     e = cfg.eval
-    _at_least("eval.window_size", e.window_size, 1)
-    if e.window_stride <= 0 or e.window_stride > e.window_size:
+    if e.window_size is not None:
+        _at_least("eval.window_size", e.window_size, 1)
+    if e.window_stride is not None and (e.window_stride <= 0 or e.window_stride > (e.window_size or e.window_stride)):
         raise ConfigError(f"eval.window_stride ({e.window_stride}) must be in 1..eval.window_size ({e.window_size})")
-    if e.infer_size < 0 or e.batch_windows <= 0:
-        raise ConfigError("eval.infer_size must be >= 0 (0 = keep size) and eval.batch_windows positive")
+    for key in ("infer_size", "max_long_side"):
+        if (getattr(e, key) or 0) < 0:
+            raise ConfigError(f"eval.{key} ({getattr(e, key)}) must be >= 0 (0 = no resize, no limit)")
+    if e.batch_windows <= 0:
+        raise ConfigError("eval.batch_windows must be positive")
     if not e.scales or min(e.scales) <= 0:
         raise ConfigError(f"eval.scales ({short_repr(e.scales)}) must be a non-empty list of positive factors")
+
+
+# EvalConfig key -> the data set's protocol field (settings.datasets.DatasetEval).
+PROTOCOL_KEYS = {"window_size": "window", "window_stride": "stride", "infer_size": "infer_size",
+                 "max_long_side": "max_long_side"}
+
+
+def with_eval_protocol(cfg: Config, protocol, source: str) -> Config:
+    """`cfg` with each eval key it leaves None taken from `protocol` (a DatasetEval: the data
+    set's evaluation protocol, from `source`); ConfigError if the mix has a stride above the window."""
+    e = cfg.eval
+    filled = {key: getattr(protocol, field) for key, field in PROTOCOL_KEYS.items() if getattr(e, key) is None}
+    resolved = dataclasses.replace(cfg, eval=dataclasses.replace(e, **filled))
+    try:
+        _check_eval(resolved)
+    except ConfigError as err:
+        taken = ", ".join(f"{k} {v}" for k, v in filled.items())
+        raise ConfigError(f"{err} ({taken} from the data set's protocol, {source})" if taken else str(err)) from None
+    return resolved
 
 
 def _at_least(key: str, value, low, strict: bool = False) -> None:

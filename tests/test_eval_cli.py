@@ -187,7 +187,7 @@ def test_split_never_built_is_a_clear_error(built, tmp_path):
 def test_checkpoint_class_count_must_match_the_data(built, tmp_path):
     ckpt = tiny_checkpoint(tmp_path, ["model.n_cls=7"])
     r = run("eval", "--checkpoint", ckpt, "--data", built["out"], "--json", tmp_path / "m.json")
-    assert r.exit_code == 2 and str(ckpt) in r.stderr and "7 classes" in r.stderr
+    assert r.exit_code == 2 and str(ckpt) in r.stderr and "model.n_cls is 7" in r.stderr and "has 19 classes" in r.stderr
     assert not (tmp_path / "m.json").exists()
 
 

@@ -14,7 +14,7 @@ LAYERS = {
     "settings": {"base"},
     "mindrecords": {"base", "settings"},
     "pipelines": {"base", "settings", "mindrecords"},
-    "prep": {"base", "mindrecords"},
+    "prep": {"base", "settings", "mindrecords"},
     "model": {"base", "settings"},
     "weights": {"base", "settings", "model"},
     "analysis": {"base", "settings", "model"},

@@ -22,9 +22,9 @@ import cli
 import prep.build
 from mindrecords.manifest import MindRecordError, read_manifest, split_shard_files
 from mindrecords.verify import verify_output
-from mindrecords.schema import MANIFEST, PIXEL_COLUMNS
+from mindrecords.schema import MANIFEST, pixel_columns
 from prep.build import build
-from base.labels import label_to_train_lut
+from base.labels import CLASS_NAMES, label_to_train_lut
 from prep.sample import make_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_build_reads_back_exactly(root, tmp_path):
         np.testing.assert_array_equal(label, LUT[ids])
         assert (int(rec["height"]), int(rec["width"])) == ids.shape == (row["height"], row["width"])
         counts = np.bincount(label.ravel(), minlength=256)
-        assert [row[c] for c in PIXEL_COLUMNS] == [*counts[:19].tolist(), int(counts[255])]
+        assert [row[c] for c in pixel_columns(CLASS_NAMES)] == [*counts[:19].tolist(), int(counts[255])]
         assert str(rec["city"]) == row["city"] == row["id"].split("_")[0]
     assert all(len(r.problems) == 0 for r in verify_output(out))
 

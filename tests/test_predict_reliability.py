@@ -97,11 +97,11 @@ def test_large_image_memory_is_bounded_and_windows_show_progress(ckpt, tmp_path)
     assert "predict big.png" in r.stderr and "win" in r.stderr  # 7 x 7 = 49 windows: a bar of its own
 
 
-def test_class_count_other_than_cityscapes_is_refused(tmp_path, monkeypatch):
-    other = tiny_checkpoint(tmp_path, extra=["model.n_cls=5"])
+def test_class_count_other_than_its_class_table_is_refused(tmp_path, monkeypatch):
+    other = tiny_checkpoint(tmp_path, extra=["model.n_cls=5"])  # no class table: read as Cityscapes
     monkeypatch.setattr("weights.checkpoint.load_model", _must_not_load)
     r = run("predict", IMAGE, "--checkpoint", other, "--out", tmp_path / "p")
-    assert r.exit_code == 2 and "model.n_cls: the model predicts 5 classes" in r.stderr
+    assert r.exit_code == 2 and "the model predicts 5 classes, its class table (cityscapes) has 19" in r.stderr
     assert not (tmp_path / "p").exists()
 
 

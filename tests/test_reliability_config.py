@@ -158,7 +158,8 @@ def test_long_values_are_cut_in_every_config_message(tmp_path):
     ("seed=-1", "seed (-1) must be in 0..4294967295"),
     ("seed=4294967296", "seed (4294967296) must be in 0..4294967295"),
     ("seed=100000000000000000000", "seed: 100000000000000000000 is out of range"),
-    ("data.train_split=../../tmp/x", "data.train_split ('../../tmp/x') must be a folder name"),
+    ("data.train_split=../../tmp/x", "data.train_split ('../../tmp/x'): not a plain name"),
+    ("data.val_split=v al", "data.val_split ('v al'): not a plain name"),  # the rule build-mindrecord applies
     ("eval.window_size=0", "eval.window_size (0) must be >= 1"),
     ("model.d_model=[", "--set: model.d_model: line 1: not valid YAML"),
 ])
@@ -278,6 +279,26 @@ def test_a_companion_yaml_contradicting_the_checkpoint_is_refused(tmp_path):
     assert load_model(ckpt, tiny_cfg(drop_path_rate=0.0)) is not None
 
 
+def test_pixel_statistics_agree_within_rounding_and_starting_weights_may_change_them(tmp_path):
+    from train.checkpoint import TrainError
+    from train.initial_weights import initial_net
+
+    setup_context("CPU", "pynative", 0)
+    release = tiny_cfg(mean=[0.485 * 255, 0.456 * 255, 0.406 * 255], std=[0.229 * 255, 0.224 * 255, 0.225 * 255])
+    ckpt = tmp_path / "m.ckpt"
+    save_model(build_segmenter(release.model), ckpt, release)
+    typed = tiny_cfg(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])  # as a config spells them
+    assert typed.model.std != release.model.std  # 0.224 * 255 == 57.120000000000005
+    assert load_model(ckpt, typed) is not None
+    with pytest.raises(CheckpointError, match=r"model\.std is \[58\.4, 57\.12, 57\.375\] in the config"):
+        load_model(ckpt, tiny_cfg(mean=[123.675, 116.28, 103.53], std=[58.4, 57.12, 57.375]))
+    # The starting weights of a run (model.pretrained): the run chooses its own pixel statistics;
+    # the head count, which no shape shows, must still agree.
+    assert initial_net(tiny_cfg(pretrained=str(ckpt)), lambda *_: None) is not None
+    with pytest.raises(TrainError, match=r"model\.n_heads is 4 in the config, 2 in the checkpoint"):
+        initial_net(tiny_cfg(n_heads=4, pretrained=str(ckpt)), lambda *_: None)
+
+
 def test_an_older_checkpoint_is_checked_against_what_its_shapes_imply(tmp_path, monkeypatch):
     setup_context("CPU", "pynative", 0)
     cfg = tiny_cfg()
@@ -393,7 +414,7 @@ def test_convert_weights_never_replaces_its_source(tmp_path):
     assert src.read_bytes() == before
 
 
-def test_save_model_applies_the_same_rule_to_training_checkpoints(tmp_path):
+def test_save_model_never_replaces_a_yaml_it_did_not_write_unless_the_folder_is_the_callers(tmp_path):
     setup_context("CPU", "pynative", 0)
     cfg = tiny_cfg()
     net = build_segmenter(cfg.model)
@@ -405,6 +426,9 @@ def test_save_model_applies_the_same_rule_to_training_checkpoints(tmp_path):
     save_model(net, tmp_path / "step_0000002.ckpt", cfg)
     save_model(net, tmp_path / "step_0000002.ckpt", cfg)  # its own .yaml is replaced
     assert load_config(tmp_path / "step_0000002.yaml") == cfg
+    # train's own run folder (held under its lock): a .yaml from before the marker is replaced
+    save_model(net, tmp_path / "step_0000001.ckpt", cfg, owned=True)
+    assert load_config(tmp_path / "step_0000001.yaml") == cfg
 
 
 # --- 8. no temporary file left by a failed save ---------------------------------------------------

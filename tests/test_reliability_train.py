@@ -138,7 +138,7 @@ def _edit_config(path: Path, edit) -> None:
 
 @pytest.mark.parametrize("edit, shown", [
     (lambda d: d["train"]["optimizer"].update(lr=0.1), "train.optimizer.lr 0.05 -> 0.1"),
-    (lambda d: d["train"].update(log_every=1), "train.log_every 2 -> 1"),
+    (lambda d: d.update(seed=7), "seed 0 -> 7"),
     (lambda d: d["model"].update(n_heads=4), "model.n_heads 2 -> 4"),
 ])
 def test_resume_refuses_a_run_config_edited_since_the_run_started(full_run, tiny_data, tmp_path, edit,  # noqa: F811
@@ -164,6 +164,10 @@ def test_resume_accepts_a_run_config_written_differently_with_the_same_values(fu
     shutil.copytree(run, done)
     data = yaml.safe_load((done / "config.yaml").read_text())
     (done / "config.yaml").write_text("# the run's config, reordered\n" + yaml.safe_dump(data, sort_keys=True))
+    code, out = run_cli("--data", tiny_data, "--out", done, "--resume")
+    assert code == 0 and "already finished" in out, out
+    # What a resume may change anyway (logging, checkpoint cadence, evaluation) is no edit to refuse.
+    _edit_config(done / "config.yaml", lambda d: d["train"].update(log_every=1))
     code, out = run_cli("--data", tiny_data, "--out", done, "--resume")
     assert code == 0 and "already finished" in out, out
 
@@ -205,13 +209,12 @@ def _nan_weight(entries: dict) -> None:
      "state.best_miou: expected a number, got Float64 of shape (3,)"),
     (lambda e: e.update({"state.best_miou": _tensor(np.float64(7.5))}), "state.best_miou is 7.5"),
     (lambda e: e.update({"state.rng": _tensor(np.zeros(3, np.uint8))}), "state.rng: expected UInt8 of shape (16,)"),
-    (lambda e: e.update({"state.run_config": "{"}), "state.run_config: not valid JSON"),
-    (lambda e: e.update({"state.run_config": "[1]"}), "state.run_config: expected a mapping of config keys, got list"),
-    (lambda e: e.update({"state.run_config": '{"train": {"bogus": 1}}'}),
-     "state.run_config: unknown key 'train.bogus'"),
+    (lambda e: e.update({"config.yaml": "a: [1"}), "entry config.yaml: line 1: not valid YAML"),
+    (lambda e: e.update({"config.yaml": "- 1\n"}), "entry config.yaml: config: expected a mapping, got list"),
+    (lambda e: e.update({"config.yaml": "train: {bogus: 1}\n"}), "entry config.yaml: unknown key 'train.bogus'"),
     (lambda e: e.pop("state.best_step"), "not a training checkpoint (no state.best_step)"),
     (lambda e: e.update({next(k for k in e if k.startswith("optimizer.")): "x"}), "is a str, not a tensor"),
-    (_nan_weight, "holds NaN or infinite values"),
+    (_nan_weight, "holds NaN/inf"),
 ])
 def test_resume_refuses_a_checkpoint_with_damaged_entries(full_run, tiny_data, tmp_path, change,  # noqa: F811
                                                           message):
@@ -226,14 +229,38 @@ def test_resume_refuses_a_checkpoint_with_damaged_entries(full_run, tiny_data, t
     assert _snapshot(cut) == before
 
 
-def test_a_checkpoint_from_before_run_configs_were_recorded_resumes_unchecked(full_run, tiny_data,  # noqa: F811
-                                                                              tmp_path):
+def test_a_checkpoint_from_before_checkpoints_held_their_config_resumes_unchecked(full_run, tiny_data,  # noqa: F811
+                                                                                  tmp_path):
     _, run, _ = full_run
     done = tmp_path / "run"
     shutil.copytree(run, done)
-    _rewrite_checkpoint(done / "checkpoints" / "step_0000006.ckpt", lambda e: e.pop("state.run_config"))
+    _rewrite_checkpoint(done / "checkpoints" / "step_0000006.ckpt", lambda e: e.pop("config.yaml"))
     code, out = run_cli("--data", tiny_data, "--out", done, "--resume")
-    assert code == 0 and "written before checkpoints recorded their run's config" in out, out
+    assert code == 0 and "written before checkpoints held their config" in out, out
+
+
+def test_a_run_from_before_the_yaml_marker_resumes_and_saves_a_new_best(full_run, tiny_data, tmp_path):  # noqa: F811
+    """Its best.yaml and step_*.yaml have no checksum marker: in the run's own folder, held under
+    its lock, train replaces them (elsewhere a .yaml without the marker is never replaced)."""
+    from settings.files import written_by_us
+
+    _, run, _ = full_run
+    old = tmp_path / "run"
+    shutil.copytree(run, old)
+    checkpoints = old / "checkpoints"
+    for companion in checkpoints.glob("*.yaml"):
+        companion.write_text(companion.read_text().split("\n", 1)[1])  # the marker line did not exist yet
+        assert not written_by_us(companion)
+    for name in ("step_0000006.ckpt", "step_0000006.yaml"):
+        (checkpoints / name).unlink()  # interrupted after step 3, before any best
+    _rewrite_checkpoint(checkpoints / "step_0000003.ckpt", lambda e: e.update(
+        {"state.best_miou": _tensor(np.float64(-1)), "state.best_step": _tensor(np.int64(-1))}))
+    code, out = run_cli("--data", tiny_data, "--out", old, "--resume")
+    assert code == 0, out
+    assert written_by_us(checkpoints / "best.yaml") and written_by_us(checkpoints / "step_0000006.yaml")
+    import mindspore as ms
+
+    assert int(ms.load_checkpoint(str(checkpoints / "best.ckpt"))["state.best_step"].asnumpy()) == 6
 
 
 def test_resume_drops_a_last_metrics_line_cut_short_saying_so(full_run, tiny_data, tmp_path):  # noqa: F811

@@ -1,17 +1,16 @@
 """Training checkpoints: model weights + optimizer/loss-scale/RNG/step state, atomically written.
 
 A training checkpoint is a model checkpoint (written by `weights.checkpoint.save_model`, so
-`load_model` reads it and the config travels beside it) with extra entries whose keys start
-with `optimizer.` (every optimizer Parameter that is not a model weight: moments, step, lr)
-or `state.` (step, loss scale, RNG state, best score, and `state.run_config`: the config the run
-started with, as JSON). Layout under RUN/checkpoints/: `step_NNNNNNN.ckpt` (+ `.yaml`), the last
+`load_model` reads it and its config travels inside and beside it; a resume checks RUN/config.yaml
+against the one inside) with extra entries whose keys start with `optimizer.` (every optimizer
+Parameter that is not a model weight: moments, step, lr) or `state.` (step, loss scale, RNG
+state, best score). Layout under RUN/checkpoints/: `step_NNNNNNN.ckpt` (+ `.yaml`), the last
 `train.keep_checkpoints` kept, and `best.ckpt` (+ `.yaml`), the checkpoint with the best
 validation mIoU so far. A checkpoint read back to resume is checked entry by entry (type, shape,
 range, finiteness) before anything of it is used.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ import numpy as np
 from settings.files import config_beside
 
 from base.errors import UserError
-from settings.schema import Config, ConfigError, config_from_dict, config_to_dict
+from settings.schema import Config
+from weights.checkpoint import check_finite, save_model, stored_config
 
 STEP_RE = re.compile(r"^step_(\d{7,})\.ckpt$")
 BEST = "best.ckpt"
@@ -35,7 +35,6 @@ STATE_NUMBERS = {
     "best_miou": (False, lambda v: -1 <= v <= 1, "in -1..1 (-1: none yet)"),
     "best_step": (True, lambda v: v >= -1, ">= -1 (-1: none yet)")}
 RNG = "state.rng"
-RUN_CONFIG = "state.run_config"
 
 
 class TrainError(UserError, ValueError):
@@ -45,11 +44,11 @@ class TrainError(UserError, ValueError):
 @dataclass
 class TrainingCheckpoint:
     """A training checkpoint read back and checked: every entry, its `state.` numbers (without
-    the prefix) and the config its run started with (None in checkpoints from before it was recorded)."""
+    the prefix) and the config it was saved with (None in checkpoints from before they held it)."""
     path: Path
     entries: dict
     state: dict
-    run_config: Config | None
+    config: Config | None
 
 
 def step_checkpoint_name(step: int) -> str:
@@ -68,20 +67,18 @@ def _scalar(value) -> ms.Tensor:
 
 
 def save_training_checkpoint(path: Path, net, cfg: Config, optimizer_params: dict, scaler, state: dict,
-                             run_config: Config) -> None:
-    """Write `path` and its config atomically; `state` maps names (without `state.`) to numbers,
-    `run_config` is the config the run started with (a resume checks RUN/config.yaml against it)."""
-    from weights.checkpoint import save_model
-
+                             dataset: tuple | None = None) -> None:
+    """Write `path` and its config atomically into the run's folder (held under the run's lock:
+    its files are train's own); `state` maps names (without `state.`) to numbers, `dataset` the
+    data's (ClassTable, DatasetEval) the checkpoint carries."""
     extra = {f"optimizer.{name}": param for name, param in optimizer_params.items()}
     extra["state.loss_scale"] = _scalar(np.float32(scaler.scale_value.asnumpy()))
     counter = getattr(scaler, "counter", None)
     extra["state.loss_scale_counter"] = _scalar(np.int32(counter.asnumpy() if counter is not None else 0))
     extra[RNG] = ms.get_rng_state()
-    extra[RUN_CONFIG] = json.dumps(config_to_dict(run_config), sort_keys=True)
     for key, value in state.items():
         extra[f"state.{key}"] = _scalar(np.float64(value) if isinstance(value, float) else np.int64(value))
-    save_model(net, str(path), cfg, extra=extra)
+    save_model(net, str(path), cfg, extra=extra, owned=True, dataset=dataset)
 
 
 def read_checkpoint(path: Path) -> TrainingCheckpoint:
@@ -106,7 +103,7 @@ def read_checkpoint(path: Path) -> TrainingCheckpoint:
         got = entries[RNG]
         if not isinstance(got, ms.Tensor) or got.dtype != want.dtype or tuple(got.shape) != tuple(want.shape):
             raise TrainError(f"{path}: {RNG}: expected {want.dtype} of shape {tuple(want.shape)}, got {_kind(got)}")
-    return TrainingCheckpoint(path, entries, state, _run_config(entries.get(RUN_CONFIG), path))
+    return TrainingCheckpoint(path, entries, state, stored_config(entries, path))
 
 
 def _kind(value) -> str:
@@ -127,26 +124,9 @@ def _state_number(value, name: str, path: Path):
     return int(number) if integer else float(number)
 
 
-def _run_config(value, path: Path) -> Config | None:
-    if value is None:
-        return None
-    where = f"{path}: {RUN_CONFIG}"
-    if not isinstance(value, str):
-        raise TrainError(f"{where}: expected the run's config as JSON text, got {_kind(value)}")
-    try:
-        data = json.loads(value)
-    except ValueError as err:
-        raise TrainError(f"{where}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise TrainError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
-    try:
-        return config_from_dict(data, where)
-    except ConfigError as err:
-        raise TrainError(str(err)) from None
-
-
 def restore(checkpoint: TrainingCheckpoint, net, optimizer_params: dict, scaler) -> dict:
-    """Load weights, optimizer state, loss scale and RNG state; return the `state.` numbers."""
+    """Load weights, optimizer state, loss scale and RNG state; return the `state.` numbers.
+    Each entry is checked (present, a tensor of the run's shape, finite) before it is loaded."""
     path, entries = checkpoint.path, checkpoint.entries
     model_params = {p.name: p for p in net.get_parameters()}
     for name, target in list(model_params.items()) + [(f"optimizer.{n}", p) for n, p in optimizer_params.items()]:
@@ -158,8 +138,7 @@ def restore(checkpoint: TrainingCheckpoint, net, optimizer_params: dict, scaler)
         if tuple(value.shape) != tuple(target.shape):
             raise TrainError(f"{path}: {name!r} has shape {tuple(value.shape)}, the run expects {tuple(target.shape)}")
         array = value.asnumpy()
-        if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
-            raise TrainError(f"{path}: {name!r} holds NaN or infinite values (damaged?)")
+        check_finite({name: array}, str(path))  # one tensor at a time: no second copy of the run's state
         target.set_data(ms.Tensor(array, target.dtype))
     state = checkpoint.state
     scaler.scale_value.set_data(ms.Tensor(np.full(scaler.scale_value.shape, state["loss_scale"], np.float32)))

@@ -19,7 +19,7 @@ def initial_net(cfg: Config, log):
     if not Path(source).is_file():
         raise TrainError(f"model.pretrained: {source}: file not found")
     try:
-        net = init_from_npz(source, cfg) if source.endswith(".npz") else load_model(source, cfg)
+        net = init_from_npz(source, cfg) if source.endswith(".npz") else load_model(source, cfg, starting=True)
     except ValueError as err:  # CheckpointError / ConfigError name the file and the mismatch
         raise TrainError(f"model.pretrained: {err}") from None
     log(f"initialized from {source}")

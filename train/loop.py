@@ -9,6 +9,7 @@ RUN's layout and the checks before a run starts are in `train.run_folder`.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import time
@@ -18,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from base.device import init_distributed, setup_context
-from base.labels import check_n_cls
+from base.class_table import check_classes
 from base.progress import Progress
-from mindrecords.manifest import MindRecordError, split_shard_files
+from evaluate.cost import check_split
+from mindrecords.manifest import MindRecordError, data_classes, data_eval_protocol, split_shard_files
 from mindrecords.reader import read_batches
 from pipelines.train_pipeline import train_dataset
-from settings.schema import Config, resolved_step_graph
+from settings.schema import Config, resolved_step_graph, with_eval_protocol
 from train.checkpoint import BEST, TrainError, TrainingCheckpoint, read_checkpoint, restore, rotate, \
     save_training_checkpoint, step_checkpoint_name
 from train.initial_weights import initial_net
@@ -45,16 +47,35 @@ class TrainResult:
     net: object = None
 
 
-def check_data(cfg: Config, data_root) -> None:
+def with_data(cfg: Config, data_root, source="the config") -> Config:
+    """`cfg` with the classes and eval protocol of the data's train split: a null model.n_cls
+    takes the data's, any other count must equal it, and data.ignore_index the data's ignore
+    index (UserError naming both and `source`, the config file); null eval keys take the
+    protocol's, so the run's config and checkpoints hold the numbers validation used."""
+    table = data_classes(data_root, cfg.data.train_split)
+    where = f"{data_root}/{cfg.data.train_split}"
+    n_cls = check_classes(cfg.model.n_cls, table, source, where)
+    if cfg.data.ignore_index != table.ignore_index:
+        raise TrainError(f"data.ignore_index is {cfg.data.ignore_index} in {source}, the data at {where} marks "
+                         f"unlabelled pixels {table.ignore_index} ({table.dataset}); set data.ignore_index to "
+                         f"{table.ignore_index}")
+    cfg = copy.deepcopy(cfg)
+    cfg.model.n_cls = n_cls
+    return with_eval_protocol(cfg, data_eval_protocol(data_root, cfg.data.train_split), where)
+
+
+def check_data(cfg: Config, data_root, log) -> None:
     """What would otherwise fail hours into the run: the classes the model predicts against the
-    data's, and the val split periodic validation reads."""
-    check_n_cls(cfg.model.n_cls)
+    data's, and the val split periodic validation reads (built, every record size within this
+    machine's memory at the eval settings; `log` gets a warning for a size that takes long)."""
+    with_data(cfg, data_root)
     if cfg.train.eval_every > 0:
         try:
             split_shard_files(data_root, cfg.data.val_split)
         except MindRecordError as err:
             raise TrainError(f"{err} (train.eval_every={cfg.train.eval_every} validates on data.val_split; "
                              "build it or set train.eval_every=0)") from None
+        check_split(cfg, data_root, cfg.data.val_split, cfg.data.val_max_images, log)
 
 
 def _build_step(cfg: Config, net, group_size: int, rank: int):
@@ -88,7 +109,10 @@ class _Session:
         if checkpoint is not None:
             run.check_unchanged(checkpoint, log)
         t = cfg.train
-        check_data(cfg, data_root)
+        check_data(cfg, data_root, log)
+        # Every checkpoint carries the data's classes and eval protocol (weights/checkpoint.py).
+        split = cfg.data.train_split
+        self.dataset = (data_classes(data_root, split), data_eval_protocol(data_root, split))
         # Building epoch 0's dataset validates the shards, the split and the batch/rank fit.
         batches = train_dataset(cfg, data_root, rank, group_size, epoch_seed=0).get_dataset_size()
         # An update takes train.accumulate batches; an epoch's last incomplete group is dropped.
@@ -133,7 +157,7 @@ class _Session:
             save_training_checkpoint(path, self.net, self.cfg, self.opt_params, self.scaler, {
                 "step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "steps_per_epoch": self.steps_per_epoch, "group_size": self.group_size,
-                "best_miou": float(self.best_miou), "best_step": self.best_step}, self.run.started)
+                "best_miou": float(self.best_miou), "best_step": self.best_step}, self.dataset)
 
     def run_all(self, record_batches: bool) -> TrainResult:
         t = self.cfg.train
@@ -247,9 +271,12 @@ class _Session:
 
 
 def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: bool = True,
-          record_batches: bool = False, log=print) -> TrainResult:
-    """Run (or resume) training as configured; see `train.run_folder` for RUN's layout."""
+          record_batches: bool = False, log=print, config_source="the config") -> TrainResult:
+    """Run (or resume) training as configured; see `train.run_folder` for RUN's layout.
+    `config_source` names the config in a refusal."""
     start_time = time.perf_counter()
+    if cfg is not None:  # before RUN exists: a config the data refuses leaves nothing behind
+        cfg = with_data(cfg, data_root, config_source)
     run = Run(out_dir, writer=False)
     with run.hold():  # from before the first check of RUN to the last write
         cfg, resume_from = run.prepare(cfg, resume, given_config, log)

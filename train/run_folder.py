@@ -45,9 +45,14 @@ def _differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
     return [(key, fa.get(key), fb.get(key)) for key in sorted(set(fa) | set(fb)) if fa.get(key) != fb.get(key)]
 
 
+def _mutable(key: str) -> bool:
+    """Whether a resume may change the dotted config `key` (RESUME_MUTABLE)."""
+    return any(key == m or (m.endswith(".") and key.startswith(m)) for m in RESUME_MUTABLE)
+
+
 def check_resume_config(saved: Config, given: Config, saved_path: Path) -> None:
     for key, was, now in _differences(saved, given):
-        if not any(key == m or (m.endswith(".") and key.startswith(m)) for m in RESUME_MUTABLE):
+        if not _mutable(key):
             raise TrainError(f"{saved_path}: the run was started with {key}={was!r}, the given config has "
                              f"{now!r}; resume with the run's own config (omit --config) or start a new --out")
 
@@ -206,12 +211,13 @@ class Run:
         return cfg, existing[-1][1]
 
     def check_unchanged(self, checkpoint: TrainingCheckpoint, log) -> None:
-        """RUN/config.yaml must still be the config the run started with, as `checkpoint` records it."""
-        if checkpoint.run_config is None:
-            log(f"{checkpoint.path}: written before checkpoints recorded their run's config; "
+        """RUN/config.yaml must still be the config the run started with: the one `checkpoint` was
+        saved with, but for the keys a resume may change (RESUME_MUTABLE)."""
+        if checkpoint.config is None:
+            log(f"{checkpoint.path}: written before checkpoints held their config; "
                 f"{self.config} cannot be checked against it")
             return
-        changed = _differences(checkpoint.run_config, self.started)
+        changed = [d for d in _differences(checkpoint.config, self.started) if not _mutable(d[0])]
         if changed:
             shown = ", ".join(f"{key} {json.dumps(was)} -> {json.dumps(now)}" for key, was, now in changed[:3])
             more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""

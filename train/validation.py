@@ -1,4 +1,7 @@
-"""Periodic validation during training: the evaluator's mIoU on the val split, logged to RUN."""
+"""Periodic validation during training: the evaluator's mIoU on the val split, logged to RUN.
+
+The evaluator scores it as `eval` does: the val split's class table and metric (Cityscapes' or
+mmseg's), its protocol for the eval keys the config leaves open."""
 from __future__ import annotations
 
 from evaluate.evaluator import evaluate_split
@@ -19,5 +22,6 @@ def validate(net, cfg: Config, data_root, step: int, run: Run, log, rank: int = 
              "per_class": metrics.get("per_class"), "images": metrics.get("images"),
              "seconds": metrics.get("seconds")})
     if run.writer:
-        log(f"step {step}: val mIoU {100 * miou:.2f} on {metrics.get('images')} images")
+        shown = "n/a (no labelled pixels)" if miou is None else f"{100 * miou:.2f}"
+        log(f"step {step}: val mIoU {shown} on {metrics.get('images')} images")
     return miou

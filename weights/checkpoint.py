@@ -6,13 +6,15 @@ was saved with (`CONFIG_ENTRY`, YAML text): loading compares the given config's 
 so a config that builds a network of the same shapes but computes something else (other head
 count, other pixel statistics) is refused. Checkpoints older than that entry are checked against
 what their shapes imply. Anything else that is not a model parameter is an error, and so is a
-weight that is NaN or infinite.
+weight that is NaN or infinite. A checkpoint also carries the class table and eval protocol of its
+data (`DATASET_ENTRY`), which `predict` paints with; one without it is a Cityscapes model.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import operator
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +22,28 @@ import mindspore as ms
 
 from base.errors import UserError
 from base.atomic import private_output
+from base.class_table import CITYSCAPES, ClassTable
 from base.messages import cut, short_repr
-from settings.files import config_beside, config_text, parse_yaml, save_checkpoint_config, written_by_us
-from settings.schema import Config, ConfigError, config_from_dict
+from base.ownership import same_file
+from settings.files import config_beside, config_text, parse_yaml, resolve_config, save_checkpoint_config, \
+    written_by_us
+from settings.datasets import DatasetEval, load_dataset
+from settings.schema import Config, ConfigError, config_from_dict, with_eval_protocol
 from model.segmenter import build_segmenter
 
 EXTRA_PREFIXES = ("optimizer.", "state.")
 CONFIG_ENTRY = "config.yaml"
+# The class table and eval protocol of the data the weights were trained on (JSON text); under
+# the `config.` prefix, so it is never taken for a parameter.
+DATASET_ENTRY = "config.dataset.json"
+_MAX_DATASET_CHARS = 64 << 10  # 255 long class names and their colours fit several times over
 NON_MODEL_PREFIXES = EXTRA_PREFIXES + ("config.",)
 # The model.* keys that decide what the weights compute (dropout rates and `pretrained` may differ).
 MODEL_IDENTITY = ("patch_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "n_cls", "image_size", "mean", "std",
                   "decoder.name", "decoder.n_layers")
+# Of those, what weights that only start a training run must share with its config: every other key
+# changes a shape (refused with the shapes) or is the run's own choice (pixel statistics).
+STARTING_IDENTITY = ("n_heads",)
 
 
 class CheckpointError(UserError, ValueError):
@@ -121,7 +134,7 @@ def stored_config(entries: dict, source) -> Config | None:
     text = entries.get(CONFIG_ENTRY)
     if text is None:
         return None
-    where = f"{source} (entry {CONFIG_ENTRY})"
+    where = f"{source}: entry {CONFIG_ENTRY}"
     if not isinstance(text, str):
         raise CheckpointError(f"{where}: expected the config as text")
     try:
@@ -130,20 +143,32 @@ def stored_config(entries: dict, source) -> Config | None:
         raise CheckpointError(str(err)) from None
 
 
-def check_same_model(cfg: Config, saved: Config, source) -> None:
-    """CheckpointError naming every MODEL_IDENTITY key whose value differs between `cfg` and `saved`."""
+def _same_value(mine, theirs) -> bool:
+    """Equal; numbers (and lists of them) within a relative 1e-6, so a config's mean 57.12 is a
+    release's 0.224 * 255 (57.120000000000005)."""
+    if isinstance(mine, str) or isinstance(theirs, str):
+        return mine == theirs
+    a, b = np.asarray(mine, np.float64), np.asarray(theirs, np.float64)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-6, atol=0))
+
+
+def check_same_model(cfg: Config, saved: Config, source, starting: bool = False) -> None:
+    """CheckpointError naming every MODEL_IDENTITY key whose value differs between `cfg` and `saved`
+    (`starting`: only STARTING_IDENTITY, the weights start a training run)."""
     wrong = []
-    for key in MODEL_IDENTITY:
+    for key in STARTING_IDENTITY if starting else MODEL_IDENTITY:
         mine, theirs = operator.attrgetter(key)(cfg.model), operator.attrgetter(key)(saved.model)
-        if mine != theirs:
+        if not _same_value(mine, theirs):
             wrong.append(f"model.{key} is {short_repr(mine)} in the config, {short_repr(theirs)} in the checkpoint")
     if wrong:
         raise CheckpointError(f"{source}: does not match the model of the config: " + "; ".join(wrong)
                               + " (the checkpoint holds the config it was saved with)")
 
 
-def load_model(ckpt_path, cfg):
-    """Build `cfg.model` and load every parameter from CKPT (eval mode)."""
+def load_model(ckpt_path, cfg, starting: bool = False):
+    """Build `cfg.model` and load every parameter from CKPT (eval mode). `starting`: the weights
+    only start a training run (`model.pretrained`), whose config may change what fine-tuning
+    chooses (pixel statistics, drop rates): only STARTING_IDENTITY must agree."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -154,7 +179,7 @@ def load_model(ckpt_path, cfg):
             from None
     saved = stored_config(raw, path)
     if saved is not None:
-        check_same_model(cfg, saved, path)
+        check_same_model(cfg, saved, path, starting)
     odd = [k for k, v in raw.items() if not k.startswith(NON_MODEL_PREFIXES) and not isinstance(v, ms.Tensor)]
     if odd:
         raise CheckpointError(f"{path}: entry {short_repr(odd[0])} is not a tensor")
@@ -166,13 +191,6 @@ def load_model(ckpt_path, cfg):
     return net
 
 
-def _same_file(a, b) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_checkpoint_target(ckpt_path, inputs=()) -> None:
     """Refuse (FileExistsError naming the file) to write CKPT or its config over one of `inputs`
     (compared as files, so another spelling or a link is caught), or the config over a file this
@@ -180,24 +198,76 @@ def check_checkpoint_target(ckpt_path, inputs=()) -> None:
     path = Path(ckpt_path)
     companion = config_beside(path)
     for target in (path, companion):
-        if any(_same_file(target, source) for source in inputs):
+        if any(same_file(target, source) for source in inputs):
             raise FileExistsError(errno.EEXIST, "is an input of this command; choose another --out", str(target))
     if companion.is_symlink() or (companion.exists() and not written_by_us(companion)):
         raise FileExistsError(errno.EEXIST, "exists and was not written by convert-weights or train (move it, or "
                                             "choose another --out)", str(companion))
 
 
-def save_model(net, ckpt_path, cfg, extra: dict | None = None, inputs=()) -> None:
+def save_model(net, ckpt_path, cfg, extra: dict | None = None, owned: bool = False,
+               dataset: tuple | None = None) -> None:
     """Write CKPT atomically, with `cfg` inside it (CONFIG_ENTRY) and beside it (CKPT with suffix
-    .yaml, marked as ours); `extra` keys must start with optimizer./state. Refused before writing
-    (`check_checkpoint_target`) over one of `inputs` or over a .yaml this project did not write."""
+    .yaml, marked as ours); `extra` keys must start with optimizer./state; `dataset`, the data's
+    (ClassTable, DatasetEval), goes in as DATASET_ENTRY. Refused before writing over a .yaml this
+    project did not write (`check_checkpoint_target`), unless `owned`: the caller proved the target
+    its own (train's RUN/checkpoints, held under the run's lock, where a .yaml from before the
+    marker existed is replaced; convert-weights, which checked it against its inputs first)."""
     path = Path(ckpt_path)
     bad = [k for k in (extra or {}) if not k.startswith(EXTRA_PREFIXES)]
     if bad:
         raise ValueError(f"save_model: extra keys must start with {' or '.join(EXTRA_PREFIXES)}: {bad}")
-    check_checkpoint_target(path, inputs)
+    if not owned:
+        check_checkpoint_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     entries = {**(extra or {}), CONFIG_ENTRY: config_text(cfg)}
+    if dataset is not None:
+        table, protocol = dataset
+        entries[DATASET_ENTRY] = json.dumps({**table.to_dict(), "eval": dataclasses.asdict(protocol)})
     with private_output(path, ".ckpt") as tmp:
         ms.save_checkpoint(net, str(tmp), append_dict=entries)
         save_checkpoint_config(cfg, config_beside(path))
+
+
+def checkpoint_dataset(ckpt_path) -> tuple[ClassTable, DatasetEval]:
+    """(class table, eval protocol) of the data CKPT was trained on; Cityscapes' for a checkpoint
+    written before it carried them. CheckpointError naming the file if it is unreadable or damaged."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        # The class token (every model has it, 4 x d_model bytes) too: MindSpore refuses a filter
+        # that keeps nothing, as it would for a checkpoint without the entry.
+        raw = ms.load_checkpoint(str(path), choice_func=lambda name: name in (DATASET_ENTRY, "encoder.cls_token"))
+    except Exception as err:  # MindSpore raises ValueError/RuntimeError on corrupt files
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({cut(str(err).splitlines()[0])})") \
+            from None
+    text = raw.get(DATASET_ENTRY)
+    if text is None:
+        return CITYSCAPES, load_dataset("cityscapes").eval
+    where = f"{path} (entry {DATASET_ENTRY})"
+    if not isinstance(text, str) or len(text) > _MAX_DATASET_CHARS:
+        raise CheckpointError(f"{where}: expected the data set as JSON text of at most {_MAX_DATASET_CHARS} characters")
+    try:
+        data = json.loads(text)
+        protocol = DatasetEval(**{k: int(data["eval"][k]) for k in dataclasses.asdict(DatasetEval())})
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{where}: unreadable data set ({type(err).__name__}: {cut(str(err))})") from None
+    return ClassTable.from_dict(data, where), protocol
+
+
+def checkpoint_classes(ckpt_path) -> ClassTable:
+    """The class table CKPT predicts (CITYSCAPES for a checkpoint without one)."""
+    return checkpoint_dataset(ckpt_path)[0]
+
+
+def checkpoint_config(ckpt_path, config=None, protocol: DatasetEval | None = None) -> Config:
+    """`--config` or the config beside CKPT (settings.files.resolve_config), a null model.n_cls
+    taking the classes CKPT carries and null eval keys `protocol` (default: the eval protocol CKPT
+    carries)."""
+    cfg = resolve_config(ckpt_path, config)
+    table, carried = checkpoint_dataset(ckpt_path)
+    if cfg.model.n_cls is None:
+        cfg.model.n_cls = table.n_cls
+    where = f"{ckpt_path} (entry {DATASET_ENTRY})" if protocol is None else "the data"
+    return with_eval_protocol(cfg, protocol or carried, where)

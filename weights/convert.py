@@ -2,7 +2,10 @@
 
 Official state-dict names equal this project's parameter names (see model/layers.py), so a
 release maps one to one; only the unused ImageNet head `encoder.head.*` is dropped. Google ViT
-keys are converted to (out, in) layouts as timm's loader does (docs/model.md).
+keys are converted to (out, in) layouts as timm's loader does (docs/model.md). The checkpoint
+written carries the class table and eval protocol of its data set: the one a release's
+variant.yml names (`dataset_kwargs.dataset`: ade20k, pascal_context, cityscapes), or the one
+given for a .npz (`--dataset`).
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import mindspore as ms
 
+from base.class_table import check_classes
 from base.messages import short_repr
+from settings.datasets import DatasetSpec, builtin_names, load_dataset
 from settings.files import StrictLoader, load_config_files, read_yaml
 from settings.schema import Config, ConfigError, config_from_dict, config_to_dict
 from weights.checkpoint import CheckpointError, assign_parameters, check_checkpoint_target, match_parameters, save_model
@@ -61,31 +66,54 @@ def _variant_value(variant: dict, path: str, source: Path, types, default=_REQUI
     return node
 
 
-def _variant_image_size(variant: dict, source: Path) -> list:
-    size = _variant_value(variant, "net_kwargs.image_size", source, (int, list))
+def _variant_image_size(get, source: Path) -> list:
+    size = get("net_kwargs.image_size", (int, list))
     size = [size, size] if isinstance(size, int) else size
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
         raise ConfigError(f"{source}: net_kwargs.image_size: expected an integer or [H, W], got {short_repr(size)}")
     return size
 
 
-def config_from_variant(variant_path, base: Config | None = None) -> Config:
-    """A project config whose model (and eval/crop/optimizer settings) come from an official variant.yml."""
-    source = Path(variant_path)
+def _variant_dataset(get, source: Path) -> DatasetSpec:
+    """The built-in data set a variant.yml was trained on (`dataset_kwargs.dataset`)."""
+    name = get("dataset_kwargs.dataset", str)
+    if name not in builtin_names():
+        raise ConfigError(f"{source}: dataset_kwargs.dataset: {short_repr(name)} is not a data set this project "
+                          f"knows ({', '.join(builtin_names())})")
+    return load_dataset(name)
+
+
+def _read_variant(source: Path):
+    """`get(dotted key, types, default)` over an official variant.yml."""
     variant = read_yaml(source, _VariantLoader)
     if not isinstance(variant, dict):
         raise ConfigError(f"{source}: expected a mapping, got {type(variant).__name__}")
+    return lambda path, types, default=_REQUIRED: _variant_value(variant, path, source, types, default)
 
-    def get(path, types, default=_REQUIRED):
-        return _variant_value(variant, path, source, types, default)
 
+def variant_dataset(variant_path) -> DatasetSpec:
+    """The data set an official variant.yml names (`dataset_kwargs.dataset`)."""
+    return _variant_dataset(_read_variant(Path(variant_path)), Path(variant_path))
+
+
+def config_from_variant(variant_path, base: Config | None = None) -> Config:
+    """A project config whose model (and eval/crop/optimizer settings) come from an official
+    variant.yml; its classes are those of the data set it names (net_kwargs.n_cls, if given, must
+    agree)."""
+    source = Path(variant_path)
+    get = _read_variant(source)
+    dataset = _variant_dataset(get, source)
+    n_cls = get("net_kwargs.n_cls", int, None)
+    if n_cls is not None and n_cls != len(dataset.classes):
+        raise ConfigError(f"{source}: net_kwargs.n_cls is {n_cls}, data set {dataset.name} "
+                          f"(dataset_kwargs.dataset) has {len(dataset.classes)} classes")
     if get("net_kwargs.distilled", bool, False):
         raise ConfigError(f"{source}: distilled (DeiT) backbones are not supported")
     norm = get("net_kwargs.normalization", str)
     if norm not in NORMALIZATION:
         raise ConfigError(f"{source}: unknown normalization {short_repr(norm)} (known: {', '.join(NORMALIZATION)})")
     mean, std = NORMALIZATION[norm]
-    image_size = _variant_image_size(variant, source)
+    image_size = _variant_image_size(get, source)
     dec_name = get("net_kwargs.decoder.name", str)
     dec_name = "linear" if "linear" in dec_name else dec_name
     data = config_to_dict(base or Config())
@@ -94,18 +122,26 @@ def config_from_variant(variant_path, base: Config | None = None) -> Config:
                    n_layers=get("net_kwargs.decoder.n_layers", int, 0 if dec_name == "linear" else decoder["n_layers"]),
                    **{k: get(f"net_kwargs.decoder.{k}", _NUMBER, decoder[k]) for k in ("dropout", "drop_path_rate")})
     data["model"].update(
-        **{k: get(f"net_kwargs.{k}", int) for k in ("patch_size", "d_model", "n_layers", "n_heads", "n_cls")},
+        **{k: get(f"net_kwargs.{k}", int) for k in ("patch_size", "d_model", "n_layers", "n_heads")},
+        n_cls=len(dataset.classes),
         backbone=get("net_kwargs.backbone", str), image_size=image_size, mlp_ratio=4,
         dropout=get("net_kwargs.dropout", _NUMBER, 0.0), drop_path_rate=get("net_kwargs.drop_path_rate", _NUMBER, 0.0),
         mean=[m * 255 for m in mean], std=[s * 255 for s in std], decoder=decoder, pretrained=None)
     for key, name in (("window_size", "window_size"), ("window_stride", "window_stride"), ("im_size", "infer_size")):
         data["eval"][name] = get(f"inference_kwargs.{key}", int, data["eval"][name])
+    protocol = dataset.eval
+    if protocol.max_long_side and data["eval"]["infer_size"]:
+        # The official resize keeps the data set's ratio of long side to short: (4 x 512, 512) on
+        # ADE20K, so (4 x 640, 640) for a release evaluated at 640.
+        data["eval"]["max_long_side"] = data["eval"]["infer_size"] * protocol.max_long_side // protocol.infer_size
     data["data"]["crop_size"] = image_size[0]
     for key, section, name in (("lr", "optimizer", "lr"), ("momentum", "optimizer", "momentum"),
                                ("weight_decay", "optimizer", "weight_decay"), ("min_lr", "schedule", "min_lr"),
                                ("poly_power", "schedule", "power")):
         data["train"][section][name] = get(f"optimizer_kwargs.{key}", _NUMBER, data["train"][section][name])
     data["train"]["epochs"] = get("algorithm_kwargs.num_epochs", int, 0) or data["train"]["epochs"]
+    if data["model"]["dropout"] > 0:  # the per-block step's recomputed forward would draw other dropout masks
+        data["train"]["step_graph"] = "whole"
     return config_from_dict(data, str(source))
 
 
@@ -235,27 +271,47 @@ def init_from_npz(path, cfg: Config):
     return net
 
 
-def convert_weights(src, out, config_path=None) -> tuple[Config, str]:
+def _npz_config(src: Path, config: Config | None, config_path, dataset: DatasetSpec | None) -> Config:
+    """The model a .npz initializes: --config's, its class count the data set's (a null
+    model.n_cls takes it; any other count must equal it)."""
+    if config is None:
+        raise ConfigError(f"{src}: a .npz holds only encoder weights; pass --config for the model to build")
+    cfg = copy.deepcopy(config)
+    if dataset is not None:
+        cfg.model.n_cls = check_classes(cfg.model.n_cls, dataset.class_table(), config_path,
+                                        f"data set {dataset.name}")
+    elif cfg.model.n_cls is None:
+        raise ConfigError(f"{config_path}: model.n_cls is null (the data's): pass --dataset NAME|FILE, or set "
+                          "model.n_cls, for the classes of the decoder")
+    return cfg
+
+
+def convert_weights(src, out, config_path=None, dataset_name=None) -> tuple[Config, str, DatasetSpec | None]:
     """Write CKPT (+ its .yaml) from a release or an .npz, `config_path` the model config (a .npz)
-    or the base of the non-model settings (a release); returns (config, kind). Nothing is written
-    over an input or over a .yaml this project did not write (`check_checkpoint_target`)."""
+    or the base of the non-model settings (a release), `dataset_name` (a .npz only) the data set
+    whose classes it will learn; returns (config, kind, data set or None). Nothing is written over
+    an input or over a .yaml this project did not write (`check_checkpoint_target`)."""
     src = Path(src)
     config, inputs = None, [src]
     if config_path is not None:
         config, files = load_config_files(config_path)
         inputs += files
     if src.suffix == ".npz":
-        if config is None:
-            raise ConfigError(f"{src}: a .npz holds only encoder weights; pass --config for the model to build")
+        dataset = load_dataset(dataset_name) if dataset_name is not None else None
+        cfg = _npz_config(src, config, config_path, dataset)
         check_checkpoint_target(out, inputs)
-        cfg = copy.deepcopy(config)
         net = init_from_npz(src, cfg)
         cfg.model.pretrained = str(src)
         kind = "Google ViT .npz (encoder)"
     else:
+        if dataset_name is not None:
+            raise ConfigError(f"--dataset {dataset_name}: a release names its data set in its variant.yml "
+                              "(dataset_kwargs.dataset); --dataset is for a .npz")
         inputs += release_paths(src)
         check_checkpoint_target(out, inputs)
+        dataset = variant_dataset(inputs[-1])
         net, cfg = load_release(src, config)
         kind = "official Segmenter release"
-    save_model(net, out, cfg, inputs=inputs)
-    return cfg, kind
+    save_model(net, out, cfg, owned=True,  # checked above, before the weights were read
+               dataset=None if dataset is None else (dataset.class_table(), dataset.eval))
+    return cfg, kind, dataset
