@@ -21,8 +21,7 @@ def setup_context(device_target: str = "CPU", mode: str = "graph", seed: int | N
             raise
     if device_target == "CPU" and threads and not _THREADS:
         # Left at MindSpore's default (25 kernel threads) unless asked: on 2 cores, one thread
-        # per core measured no faster (train step 9.98 s against 9.11 s, forward 0.82 s against
-        # 0.84-0.90 s, seg_tiny at 768; docs/mindspore_notes.md).
+        # per core measured no faster (docs/mindspore_notes.md).
         _THREADS.append(threads)
         ms.device_context.cpu.op_tuning.threads_num(threads)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)

@@ -15,7 +15,8 @@ thread handles a sample.
 the size of the real area. Normalization, CHW and the int32 label happen in the train step's
 graph (`train.normalize.NormalizeBatch`), where they cost nothing next to the network: the
 pipeline ships uint8 (a quarter of float32's bytes through batching and to the device), and
-normalizing on the host took ~15 % of the pipeline's throughput (measured on JPEG shards).
+normalizing on the host cost a noticeable share of the pipeline's throughput (measured on JPEG
+shards; docs/mindspore_notes.md).
 """
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ def build_train_dataset(cfg: Config, files: list, n_samples: int, rank: int = 0,
     seed = pipeline_seed(cfg, epoch_seed)
     ds.config.set_seed(seed)
     # The dataset already runs one sample per worker thread; OpenCV's own thread pool on top
-    # only adds synchronisation (measured: ~10% more CPU per sample on 2 busy cores).
+    # only adds synchronisation (measured; docs/mindspore_notes.md).
     cv2.setNumThreads(1)
     # MindSpore rejects more workers than cores.
     workers = max(1, min(cfg.data.num_parallel_workers, os.cpu_count() or 1))
