@@ -6,7 +6,7 @@ the ratio between contenders measured together is what means most):
   ours   evaluate.evaluator.evaluate_split: shards streamed with C decode/normalize, the project's
          sliding_window_predict (float32 merge in row bands, argmax per band: ours' argmax time
          is part of its merge), bincount confusion matrix.
-  seed   the earlier port's merge: the same windows and batches, but every window's logits
+  port   the earlier port's merge: the same windows and batches, but every window's logits
          copied into a float64 numpy canvas per image, float64 softmax, argmax, same metric.
 
 Reported per image: model forward time, merge (everything in the sliding window that is not the
@@ -121,7 +121,7 @@ def run_ours(net: TimedNet, cfg: Config, data: Path, images: int) -> dict:
             "argmax": timings["argmax"], "metric": timings["metric"]}
 
 
-def seed_probs(net: TimedNet, image: np.ndarray, n_cls: int, window: int, stride: int, batch: int) -> np.ndarray:
+def port_probs(net: TimedNet, image: np.ndarray, n_cls: int, window: int, stride: int, batch: int) -> np.ndarray:
     """The earlier port's merge: float64 canvases, window logits added one by one, float64 softmax."""
     _, h, w = image.shape
     canvas = np.zeros((n_cls, h, w), dtype=np.float64)
@@ -139,7 +139,7 @@ def seed_probs(net: TimedNet, image: np.ndarray, n_cls: int, window: int, stride
     return canvas / canvas.sum(axis=0, keepdims=True)
 
 
-def run_seed(net: TimedNet, cfg: Config, data: Path, images: int) -> dict:
+def run_port(net: TimedNet, cfg: Config, data: Path, images: int) -> dict:
     e = cfg.eval
     cm = ConfusionMatrix()
     spent = dict.fromkeys(("input", "inference", "argmax", "metric"), 0.0)
@@ -153,7 +153,7 @@ def run_seed(net: TimedNet, cfg: Config, data: Path, images: int) -> dict:
         if row is None:
             break
         t1 = time.perf_counter()
-        probs = seed_probs(net, row["image"], cfg.model.n_cls, e.window_size, e.window_stride, e.batch_windows)
+        probs = port_probs(net, row["image"], cfg.model.n_cls, e.window_size, e.window_stride, e.batch_windows)
         t2 = time.perf_counter()
         pred = np.argmax(probs, axis=0).astype(np.uint8)
         t3 = time.perf_counter()
@@ -207,25 +207,25 @@ def main() -> int:
           f"mode {cfg.mode}, device {cfg.device_target}")
     # One untimed image through each contender first: first-run costs are nobody's merit.
     run_ours(net, cfg, data, 1)
-    run_seed(net, cfg, data, 1)
+    run_port(net, cfg, data, 1)
     net.recorded.clear()
     ours = run_ours(net, cfg, data, args.images)
-    seed = run_seed(net, cfg, data, args.images)
+    port = run_port(net, cfg, data, args.images)
     replay = ReplayNet(net)
     ours_replay = run_ours(replay, cfg, data, args.images)
     replay.calls = 0
-    seed_replay = run_seed(replay, cfg, data, args.images)
+    port_replay = run_port(replay, cfg, data, args.images)
     print("                rate     per image | per image and share of total: "
           "model, merge, input wait, argmax, metric")
     print(report("ours", ours))
-    print(report("seed", seed))
+    print(report("port", port))
     print("without the model (recorded outputs replayed):")
     print(report("ours", ours_replay))
-    print(report("seed", seed_replay))
-    ratio = (ours["images"] / ours["total"]) / (seed["images"] / seed["total"])
-    post = (seed_replay["total"] / seed_replay["images"]) / (ours_replay["total"] / ours_replay["images"])
+    print(report("port", port_replay))
+    ratio = (ours["images"] / ours["total"]) / (port["images"] / port["total"])
+    post = (port_replay["total"] / port_replay["images"]) / (ours_replay["total"] / ours_replay["images"])
     metric_share = ours["metric"] / ours["total"]
-    print(f"ours/seed throughput with the model: {ratio:.2f}x; everything but the model, seed/ours time: {post:.2f}x")
+    print(f"ours/port throughput with the model: {ratio:.2f}x; everything but the model, port/ours time: {post:.2f}x")
     print(f"metric accumulation: {100 * metric_share:.2f}% of the total "
           f"({'OK' if metric_share < 0.05 else 'FAIL'}: target < 5%)")
     if tmp is not None:

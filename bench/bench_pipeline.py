@@ -6,14 +6,14 @@ so only the ratios between contenders measured together mean much):
   ours        pipelines.train_pipeline.train_dataset: MindDataset, C decode, the native
               scale+crop+photometric op, C flip, native pad, uint8 batches (normalization
               runs in the train step's graph, not here).
-  seed        the approach this project replaces: per-sample Python augmentation in dataset
+  port        the approach this project replaces: per-sample Python augmentation in dataset
               threads on the raw PNG files, labelIds mapped to trainIds with a Python dict loop,
               full-image rescale before cropping, float64 labels, unseeded NumPy randomness.
   floor       decode only: MindDataset + vision.Decode of the stored image and label, no
               augmentation (the rate no augmenting pipeline over these shards can beat).
   floor-img   the same, image column only (for reference: what decoding the image alone costs).
 
-Targets: ours >= 3x seed and >= 85% of floor.
+Targets: ours >= 3x port and >= 85% of floor.
 
     .venv/bin/python bench/bench_pipeline.py [--images 12] [--rounds 3] [--samples 24] [--work DIR]
         [--image-format png|jpeg]
@@ -49,7 +49,7 @@ from base.labels import label_to_train_lut  # noqa: E402
 HEIGHT, WIDTH = 1024, 2048
 
 
-# --------------------------------------------------------------------------- the seed's approach
+# --------------------------------------------------------------------------- the earlier port's approach
 class SeedCityscapes:
     """Random-access source doing everything per sample in Python, as the earlier port did."""
 
@@ -126,7 +126,7 @@ class SeedCityscapes:
         return image.transpose(2, 0, 1).astype(np.float32), label.astype(np.float64)
 
 
-def seed_dataset(root: Path, cfg: Config, workers: int):
+def port_dataset(root: Path, cfg: Config, workers: int):
     source = SeedCityscapes(root, cfg)
     data = ds.GeneratorDataset(source, ["image", "label"], shuffle=True, num_parallel_workers=workers,
                                python_multiprocessing=False)
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="dataset worker threads (data.num_parallel_workers)")
     parser.add_argument("--work", type=Path, help="folder for the generated data (kept; default: temporary)")
     parser.add_argument("--image-format", choices=("png", "jpeg"), default="png",
-                        help="how build-mindrecord stores the images (the seed always reads the raw PNG files)")
+                        help="how build-mindrecord stores the images (the earlier port always reads the raw PNG files)")
     args = parser.parse_args()
 
     cfg = Config()  # the paper's recipe: crop 768, base (2048, 1024), ratio 0.5-2.0, cat_max_ratio 0.75
@@ -191,7 +191,7 @@ def main() -> None:
         root, out = prepare(work, args.images, args.image_format)
         contenders = {
             "ours": lambda: train_dataset(cfg, out),
-            "seed": lambda: seed_dataset(root, cfg, args.workers),
+            "port": lambda: port_dataset(root, cfg, args.workers),
             "floor": lambda: floor_dataset(out, cfg, args.workers),
             "floor-img": lambda: floor_dataset(out, cfg, args.workers, columns=("image",)),
         }
@@ -213,12 +213,12 @@ def main() -> None:
     for name in contenders:
         print(f"  {name:10s} {statistics.median(rates[name]):7.2f} samples/s   "
               f"{statistics.median(cpu[name]):6.1f} CPU ms/sample")
-    vs_seed, vs_floor = ratio("ours", "seed"), ratio("ours", "floor")
-    print(f"ours / seed      = {vs_seed:.2f}x   (target >= 3x: {'met' if vs_seed >= 3 else 'NOT met'})")
+    vs_port, vs_floor = ratio("ours", "port"), ratio("ours", "floor")
+    print(f"ours / port      = {vs_port:.2f}x   (target >= 3x: {'met' if vs_port >= 3 else 'NOT met'})")
     print(f"ours / floor     = {100 * vs_floor:.0f}%   (target >= 85%: {'met' if vs_floor >= 0.85 else 'NOT met'})")
     print(f"ours / floor-img = {100 * ratio('ours', 'floor-img'):.0f}%")
     cpu_med = {name: statistics.median(v) for name, v in cpu.items()}
-    print(f"CPU per sample: seed / ours = {cpu_med['seed'] / cpu_med['ours']:.2f}x, "
+    print(f"CPU per sample: port / ours = {cpu_med['port'] / cpu_med['ours']:.2f}x, "
           f"floor / ours = {100 * cpu_med['floor'] / cpu_med['ours']:.0f}%")
 
 
