@@ -423,6 +423,7 @@ def inspect_pipeline_cmd(config, data, n, out, list_ids, epoch, rank, ranks, ove
     from pipelines.inspection import save_inspection
     from pipelines.train_pipeline import epoch_ids
     from settings.files import apply_overrides, load_config
+    from train.loop import with_data
 
     if list_ids == (out is not None):
         raise UserError("give --out FOLDER to save samples, or --list-ids to print an epoch's sample ids")
@@ -434,6 +435,7 @@ def inspect_pipeline_cmd(config, data, n, out, list_ids, epoch, rank, ranks, ove
         for sample_id in epoch_ids(cfg, data, epoch, rank, ranks):
             click.echo(sample_id)
         return
+    cfg = with_data(cfg, data, config)  # the data's classes and ignore index, checked as train checks them
     progress = Progress(n, "inspect-pipeline", "sample")
     written = save_inspection(cfg, data, n, out, progress)
     progress.close()
@@ -563,12 +565,14 @@ def _info_net(cfg, checkpoint, parameters: int):
 @click.option("--measure", is_flag=True, help="Also run one forward at --size and report its time and peak memory.")
 @click.option("--dataset", default="cityscapes", show_default=True,
               help="With --config: the data set (NAME or FILE.yaml) whose classes and evaluation protocol fill the "
-                   "config's open keys (model.n_cls, eval.*: null).")
+                   "config's open keys (model.n_cls, eval.*: null); a set model.n_cls must equal its classes. "
+                   "The default is Cityscapes' classes and protocol.")
 def info_cmd(config, checkpoint, size, image_size, measure, dataset):
     """Parameters per part, FLOPs of one forward, the sliding window's windows and FLOPs per image."""
     from base.network_input import inference_size
     from evaluate.sliding_window import count_windows
     from analysis.info import info_report, measure_forward, model_parameter_counts
+    from base.class_table import check_classes
     from settings.datasets import load_dataset
     from settings.files import load_config
     from settings.schema import with_eval_protocol
@@ -579,8 +583,7 @@ def info_cmd(config, checkpoint, size, image_size, measure, dataset):
     if config:
         spec = load_dataset(dataset)
         cfg = load_config(config)
-        if cfg.model.n_cls is None:
-            cfg.model.n_cls = spec.class_table().n_cls
+        cfg.model.n_cls = check_classes(cfg.model.n_cls, spec.class_table(), config, f"--dataset {dataset}")
         cfg = with_eval_protocol(cfg, spec.eval, f"--dataset {dataset}")
     else:
         cfg = checkpoint_config(checkpoint)
@@ -590,7 +593,7 @@ def info_cmd(config, checkpoint, size, image_size, measure, dataset):
     if measure:
         _check_forward_fits(cfg, h, w, 1, f"--size {h}x{w}")
     net = _info_net(cfg, checkpoint, model_parameter_counts(m)["total"]) if measure or checkpoint else None
-    rh, rw = inference_size(ih, iw, e.infer_size)
+    rh, rw = inference_size(ih, iw, e.infer_size, e.max_long_side)
     windows = count_windows(rh, rw, e.window_size, e.window_stride, e.flip, tuple(e.scales))
     for line in info_report(cfg, (h, w), (ih, iw), (rh, rw), windows, measure_forward(net, h, w) if measure else None):
         click.echo(line)

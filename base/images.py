@@ -107,6 +107,19 @@ def _open_pil(data, where) -> Image.Image:
         raise ImageError(where, f"not a readable image ({err})") from None
 
 
+def check_whole(source, where=None) -> None:
+    """ImageError unless the image decodes to its last pixel: the proof for an image stored as
+    found (no conversion, no copy of the pixels)."""
+    data, where = _source(source, where)
+    _check_size(_info(data, where), where, 3)
+    im = _open_pil(data, where)
+    try:
+        with im:
+            im.load()
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageError(where, f"not a readable image ({err})") from None
+
+
 def _pil_array(data: bytes, where, mode: str | None) -> np.ndarray:
     """PIL's pixels, converted to `mode` unless None; a truncated or damaged file is an ImageError
     (PIL's LOAD_TRUNCATED_IMAGES stays off)."""

@@ -89,20 +89,7 @@ def train_to_label_lut() -> np.ndarray:
     return lut
 
 
-def train_palette() -> np.ndarray:
-    """(256, 3) uint8 RGB colours indexed by trainId; ignore is black."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    for label in TRAIN_LABELS:
-        palette[label.train_id] = label.color
-    return palette
-
-
 def category_of_class() -> np.ndarray:
     """(19,) index into CATEGORIES for each trainId."""
     return np.array([CATEGORIES.index(l.category) for l in TRAIN_LABELS], dtype=np.int64)
-
-
-def colorize(train_ids: np.ndarray) -> np.ndarray:
-    """(H, W) trainIds -> (H, W, 3) uint8 RGB in the Cityscapes palette (ignore black)."""
-    return train_palette()[train_ids]
 

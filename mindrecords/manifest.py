@@ -274,8 +274,9 @@ def manifest_columns(classes: ClassTable) -> tuple:
 
 
 def write_split_index(split_dir: Path, columns: dict, summary: dict, dataset: DatasetSpec) -> None:
-    """Write summary.json, then manifest.parquet (`columns`: name -> values, MANIFEST_COLUMNS; the
-    data set's block in its schema metadata) last: its presence means the split is complete."""
+    """Write summary.json, then manifest.parquet (`columns`: name -> values, the columns of
+    `manifest_columns`; the data set's block in its schema metadata) last: its presence means the
+    split is complete."""
     import io
 
     import pyarrow as pa

@@ -27,18 +27,8 @@ import cv2
 import numpy as np
 
 from base.labels import IGNORE
+from base.network_input import rescale_size
 from mindrecords.schema import decode_label
-
-
-def rescale_size(height: int, width: int, base_size: Sequence[int], ratio: float) -> Tuple[int, int]:
-    """mmcv.imrescale's output size for scale `base_size * ratio` (keep aspect ratio).
-
-    `base_size` is (width, height) as in mmseg's img_scale; the image is scaled so that
-    its long side fits the long side of the target and its short side the short side.
-    """
-    scale = (int(base_size[0] * ratio), int(base_size[1] * ratio))
-    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
 @dataclass(frozen=True)
@@ -216,7 +206,8 @@ class ScaleCropPhotometric:
         if label.shape != (height, width):
             raise ValueError(f"image {height}x{width} and label {label.shape[0]}x{label.shape[1]} differ in size")
         ratio = rng.uniform(*self.ratio_range)
-        scaled_hw = rescale_size(height, width, self.base_size, ratio)
+        long, short = (int(side * ratio) for side in self.base_size)  # mmseg's img_scale times the ratio
+        scaled_hw = rescale_size(height, width, short, long)
         rows, cols, label_crop = self.choose_window(label, scaled_hw, rng)
         image_crop = resize_crop(image, rows, cols)
         if self.photometric is not None:

@@ -1,9 +1,10 @@
 """Evaluation input: a split's shards streamed in order, decoded and made into network input.
 
 Per image the dataset yields `id`, `city`, `image` (float32 CHW, `base.network_input`: normalized
-and resized to `cfg.eval.infer_size` (and `max_long_side`); infer size 0 keeps the stored size) and `label`
-(uint8 trainIds at the stored size, 255 ignore). With `with_raw=True` it also yields `raw`, the
-decoded uint8 RGB image at the stored size (for prediction overlays).
+and resized to `cfg.eval.infer_size` (and `max_long_side`); infer size 0 keeps the stored size) and
+`label` (uint8 train indices at the stored size, unlabelled pixels the data set's ignore index). With
+`with_raw=True` it also yields `raw`, the decoded uint8 RGB image at the stored size (for prediction
+overlays).
 
 `predict` makes its input with the same function, so `eval` and `predict` see identical inputs;
 here it runs in the dataset's worker threads.

@@ -47,7 +47,8 @@ def check_inspection_dir(out_dir) -> None:
 def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> list:
     """Write `n` augmented training samples as `sample_NNN.png`; `out_dir` appears complete or not at all.
 
-    Samples come one at a time (batch size 1) from the real pipeline.
+    Samples come one at a time (batch size 1) from the real pipeline. `cfg` is checked against the
+    data as train checks it (`train.loop.with_data`), so `data.ignore_index` is the data's.
     """
     check_inspection_dir(out_dir)
     cfg = copy.deepcopy(cfg)

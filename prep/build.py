@@ -3,9 +3,9 @@ settings/datasets.py) to sharded MindRecord, in parallel, resumable, atomic.
 
 Plan: samples sorted by id, cut into consecutive shards of `shard_size` (deterministic).
 Each shard is committed with a state file (`.state/NAME.json`: its samples, their source
-fingerprints, the build options (a folder data set's whole dataset file among them), the shard's
-file sizes and CRC-32s). A rerun keeps every shard
-whose state still matches its sources (size + mtime, or content hash when the mtime moved) and
+fingerprints, the build options (of a folder data set, the dataset file's keys that change the
+records: `RECORD_KEYS` and the class count), the shard's file sizes and CRC-32s). A rerun keeps
+every shard whose state still matches its sources (size + mtime, or content hash when the mtime moved) and
 whose files still have the recorded size and CRC-32 (so a shard damaged in place, even without a
 size change, is rebuilt), and a changed or added file rebuilds only the shards whose sample list
 or sources changed. A rerun with nothing to do writes nothing (it works on a read-only output).
@@ -26,7 +26,6 @@ and its files still have the recorded sizes and CRC-32s. Workers exit with the b
 """
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
@@ -36,6 +35,8 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import cv2
 
 from base.atomic import check_writable_dir
 from base.checksums import file_crc32
@@ -191,13 +192,21 @@ def build(root, out, splits=("train", "val"), workers: int = 0, shard_size: int 
                       echo, start)
 
 
+# The dataset file's keys that decide a folder data set's records (which files, the label mapping,
+# the MindRecord schema's name); names, palette and eval live only in the manifest's dataset block.
+RECORD_KEYS = ("name", "ignore_index", "reduce_zero_label", "layout", "img_dir", "ann_dir", "img_suffix",
+               "seg_map_suffix", "split_file", "splits")
+
+
 def _options(spec: DatasetSpec, shard_size: int, image_format: str, labels: str) -> dict:
-    """The build options every shard's state records: a change rebuilds the shard. A folder data
-    set's whole dataset file is one; Cityscapes' records depend on none of its file's fields (the
-    label table is code), and its options stay those of builds made before data sets existed."""
+    """The build options every shard's state records: a change rebuilds the shard. For a folder data
+    set, its `RECORD_KEYS` and class count; Cityscapes' records depend on none of its file's fields
+    (the label table is code), and its options stay those of builds made before data sets existed."""
     options = {"format_version": FORMAT_VERSION, "image_format": image_format, "labels": labels,
                "shard_size": shard_size}
-    return options if spec.layout == "cityscapes" else {**options, "dataset": dataclasses.asdict(spec)}
+    if spec.layout == "cityscapes":
+        return options
+    return {**options, "dataset": {**{k: getattr(spec, k) for k in RECORD_KEYS}, "n_cls": len(spec.classes)}}
 
 
 SOURCE_FOLDERS = ("leftImg8bit", "gtFine", "gtCoarse")
@@ -336,6 +345,7 @@ def _report(results: list[SplitResult], converted: int, seconds: float, echo) ->
 def _build_task(parent, root, staging, split, name, members, options, spec):
     _end_with_parent(parent)
     reuse_freed_memory()
+    cv2.setNumThreads(1)  # one shard per worker already; OpenCV's idle pool threads only spin
     staging.mkdir(parents=True, exist_ok=True)
     return split, name, build_shard(root, staging, name, members, options, spec)
 

@@ -20,7 +20,7 @@ import numpy as np
 from isal import isal_zlib
 
 from base.checksums import crc32_hex, fingerprint
-from base.images import ImageError, decode_image, decode_label, read_info
+from base.images import ImageError, check_whole, decode_image, decode_label, read_info
 from prep.errors import PrepError
 from base.labels import VALID_LABEL_IDS, label_to_train_lut
 from prep.polygons import draw, parse_polygons
@@ -181,9 +181,10 @@ def _stored_image(data: bytes, path: Path, image_format: str, enc: Encoding) -> 
         rgb = (info.mode, info.bits) == ("RGB", 8)
         if rgb and info.format == "PNG" and image_format == "png":
             return (data, *check_rgb_png(data, path))
-        image = _decoded(decode_image, data, path)
         if rgb and info.format == "JPEG":  # decoded only to prove it whole; re-encoding would lose quality
-            return (data, *image.shape[:2])
+            _decoded(check_whole, data, path)
+            return (data, info.height, info.width)
+        image = _decoded(decode_image, data, path)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if image_format == "jpeg" else []
     return (cv2.imencode(".jpg" if image_format == "jpeg" else ".png", bgr, params)[1].tobytes(), *image.shape[:2])

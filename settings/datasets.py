@@ -5,18 +5,17 @@ pascal_context, pascal_context_59); `--dataset` takes one of their names or a fi
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from base.class_table import ClassTable, default_palette, table_problem
+from base.class_table import CITYSCAPES, ClassTable, default_palette, table_problem
+from base.names import split_name_problem
 from settings.files import read_yaml
 from settings.schema import ConfigError, build_section
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 LAYOUTS = ("folders", "cityscapes")  # cityscapes: leftImg8bit/ + gtFine/, labelIds mapped by the official table
-_PLAIN = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass
@@ -61,7 +60,7 @@ def builtin_names() -> list:
 def load_dataset(name_or_path) -> DatasetSpec:
     """A built-in data set by name, or a dataset file; ConfigError `FILE: key: what` if refused."""
     text = str(name_or_path)
-    path = BUILTIN_DIR / f"{text}.yaml" if _PLAIN.fullmatch(text) else Path(text)
+    path = BUILTIN_DIR / f"{text}.yaml" if split_name_problem(text) is None else Path(text)
     if not path.is_file():
         raise ConfigError(f"{text}: not a built-in data set ({', '.join(builtin_names())}) nor a dataset file")
     return dataset_from_dict(read_yaml(path), str(path))
@@ -86,8 +85,9 @@ def _splits(value) -> dict | None:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ConfigError("splits: a mapping from our split names to the data set's, e.g. {train: training}")
     for key, name in value.items():
-        if not _PLAIN.fullmatch(key) or not _PLAIN.fullmatch(name):
-            raise ConfigError(f"splits: {key!r}: {name!r}: split names are letters, digits, _ and -")
+        problem = split_name_problem(key) or split_name_problem(name)
+        if problem:
+            raise ConfigError(f"splits: {key!r}: {name!r}: {problem}")
     return dict(value)
 
 
@@ -100,14 +100,16 @@ def _relative(key: str, value: str | None) -> None:
 
 
 def _check(spec: DatasetSpec) -> None:
-    if not _PLAIN.fullmatch(spec.name):
-        raise ConfigError(f"name: {spec.name!r} must be a plain name (letters, digits, _ and -)")
+    problem = split_name_problem(spec.name)  # the data set's name follows the split names' rule
+    if problem:
+        raise ConfigError(f"name: {spec.name!r}: {problem}")
     if spec.layout not in LAYOUTS:
         raise ConfigError(f"layout: {spec.layout!r} is not one of {', '.join(LAYOUTS)}")
     problem = table_problem(spec.classes, spec.palette if spec.palette is not None else
                             default_palette(len(spec.classes)), spec.ignore_index)
     if problem:
         raise ConfigError(f"classes/palette/ignore_index: {problem}")
+    _check_encoding(spec)
     for key in ("img_dir", "ann_dir", "split_file"):
         _relative(key, getattr(spec, key))
     if spec.split_file is None and spec.layout == "folders" and "{split}" not in spec.img_dir + spec.ann_dir:
@@ -121,3 +123,20 @@ def _check(spec: DatasetSpec) -> None:
             raise ConfigError(f"eval.{key}: {value} is out of range")
     if e.stride > e.window:
         raise ConfigError(f"eval.stride: {e.stride} must be at most the window ({e.window})")
+
+
+def _check_encoding(spec: DatasetSpec) -> None:
+    """The label encoding must keep classes and ignore apart: the cityscapes layout maps labelIds
+    by the official table, so it is Cityscapes' classes or none; with reduce_zero_label the source
+    values 1..N are the classes, so the ignore value must lie above N."""
+    if spec.layout == "cityscapes":
+        table = spec.class_table()
+        if (table.names, table.palette, table.ignore_index) != (CITYSCAPES.names, CITYSCAPES.palette,
+                                                                CITYSCAPES.ignore_index) or spec.reduce_zero_label:
+            raise ConfigError("layout: cityscapes maps labelIds by the official table, so classes, palette and "
+                              "ignore_index must be Cityscapes' (configs/datasets/cityscapes.yaml) and "
+                              "reduce_zero_label false; use layout: folders for other classes")
+    n = len(spec.classes)
+    if spec.reduce_zero_label and spec.ignore_index <= n:
+        raise ConfigError(f"ignore_index: {spec.ignore_index} is a class with reduce_zero_label (source values "
+                          f"1..{n} are the {n} classes); it must be above {n}")

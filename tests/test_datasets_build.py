@@ -256,6 +256,15 @@ def test_reruns_write_nothing_and_a_changed_dataset_file_rebuilds(tmp_path):
     before = _committed(out)
     results = build(root, out, ["train", "val"], workers=1, shard_size=3, echo=quiet, dataset=file)
     assert [r.written for r in results] == [0, 0] and _committed(out) == before
+    # A new colour and a renamed class change no record: only each split's manifest and summary.
+    file.write_text(yaml.safe_dump({**_USER, "classes": ["sky", "grass", "stone"],
+                                    "palette": [[0, 0, 255], [0, 255, 0], [1, 2, 3]]}))
+    results = build(root, out, ["train", "val"], workers=1, shard_size=3, echo=quiet, dataset=file)
+    after = _committed(out)
+    assert [r.written for r in results] == [0, 0]
+    assert {k for k in after if after[k] != before[k]} == {f"{s}/{f}" for s in ("train", "val")
+                                                             for f in (MANIFEST, SUMMARY)}
+    assert data_classes(out, "val").palette[2] == (1, 2, 3) and data_classes(out, "train").names[2] == "stone"
     file.write_text(yaml.safe_dump({**_USER, "reduce_zero_label": True, "classes": ["sky", "grass"],
                                     "palette": [[0, 0, 255], [0, 255, 0]]}))
     results = build(root, out, ["train", "val"], workers=1, shard_size=3, echo=quiet, dataset=file)
@@ -307,13 +316,20 @@ def _refusal(tmp_path, case):
         (voc / "ImageSets" / "SegmentationContext" / "val.txt").unlink()
         return "pascal_context", voc, r"SegmentationContext/val\.txt: missing split list of split 'val'"
     bad = {"palette-length": ({**_USER, "palette": [[0, 0, 0]] * 2}, "2 palette colours for 3 classes"),
-           "unknown-key": ({**_USER, "img_sufix": ".jpg"}, "img_sufix")}[case]
+           "unknown-key": ({**_USER, "img_sufix": ".jpg"}, "img_sufix"),
+           # With reduce_zero_label the source value 3 is class 2: it cannot also mean ignore.
+           "ignore-is-a-class": ({**_USER, "reduce_zero_label": True, "ignore_index": 3},
+                                 "ignore_index: 3 is a class with reduce_zero_label .*must be above 3"),
+           # The official labelId table gives Cityscapes' 19 classes, whatever the file names.
+           "cityscapes-layout-other-classes": ({**_USER, "layout": "cityscapes"},
+                                               "layout: cityscapes .* must be Cityscapes'")}[case]
     root, file = _user_tree(tmp_path, bad[0])
     return file, root, rf"shapes3\.yaml: .*{bad[1]}"
 
 
 @pytest.mark.parametrize("case", ["label-out-of-classes", "palette-length", "unknown-key", "missing-split-list",
-                                  "image-without-label", "out-inside-sources"])
+                                  "image-without-label", "out-inside-sources", "ignore-is-a-class",
+                                  "cityscapes-layout-other-classes"])
 def test_a_bad_data_set_is_refused_naming_the_file_and_writes_nothing(tmp_path, case):
     dataset, root, what = _refusal(tmp_path, case)
     out = root / "images" / "training" / "out" if case == "out-inside-sources" else tmp_path / "out"

@@ -83,12 +83,23 @@ def test_eval_keys_come_from_the_data_set_unless_the_config_or_an_option_sets_th
     assert (cs.window_size, cs.window_stride, cs.infer_size, cs.max_long_side) == (768, 512, 1024, 0)
 
 
+# (window_size, window_stride, infer_size, max_long_side) each config sets itself: Cityscapes'
+# (configs/cityscapes.yaml) unless named here; the ADE20K/Pascal Context recipes leave them to the data.
+OWN_EVAL = {"seg_tiny_demo.yaml": (128, 128, 256, None), "seg_large_mask_ade20k.yaml": (640, 640, 640, 2560)}
+DATA_DECIDES = {"ade20k.yaml", "pascal_context.yaml", "my_dataset.yaml", "seg_tiny_mask_ade20k.yaml",
+                "seg_small_mask_ade20k.yaml", "seg_base_mask_ade20k.yaml", "seg_large_mask_pascal_context.yaml"}
+
+
 def test_every_config_loads_and_cityscapes_ones_keep_their_eval_keys():
+    cityscapes = load_dataset("cityscapes").eval
     for path in sorted(CONFIGS.glob("*.yaml")):
-        cfg = load_config(path)
-        resolved = with_eval_protocol(cfg, load_dataset("cityscapes").eval, "cityscapes").eval
-        if cfg.eval.window_size is not None:  # a Cityscapes config: nothing taken from the data
-            assert resolved.window_size == cfg.eval.window_size, path.name
+        e = load_config(path).eval
+        own = (e.window_size, e.window_stride, e.infer_size, e.max_long_side)
+        expected = (None,) * 4 if path.name in DATA_DECIDES else OWN_EVAL.get(path.name, (768, 512, 1024, None))
+        assert own == expected, path.name
+        resolved = with_eval_protocol(load_config(path), cityscapes, "cityscapes").eval
+        assert (resolved.window_size, resolved.window_stride, resolved.infer_size) == \
+            tuple(k if k is not None else c for k, c in zip(own, (768, 512, 1024))), path.name
 
 
 def np_mean_iou(preds, gts, n_cls, ignore=255):

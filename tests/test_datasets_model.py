@@ -58,10 +58,9 @@ def save_tiny(path: Path, n_cls: int, dataset=None) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory) -> Path:
-    """A 3-class folder data set (flat discs and bars on ground), built by build-mindrecord."""
-    root = tmp_path_factory.mktemp("shapes")
+def build_shapes(root: Path, ignore: int = 255) -> Path:
+    """A 3-class folder data set (flat discs and bars on ground, the top row unlabelled: `ignore`),
+    built by build-mindrecord; its output folder."""
     rng = np.random.default_rng(0)
     for split, n in (("train", 4), ("val", 2)):
         for i in range(n):
@@ -69,7 +68,7 @@ def shapes_data(tmp_path_factory) -> Path:
             yy, xx = np.indices(label.shape)
             label[(yy - 16) ** 2 + (xx - 16 - 4 * i) ** 2 < 64] = 1
             label[4:28, 44 + i:50 + i] = 2
-            label[0, :3] = 255
+            label[0] = ignore
             rgb = TABLE.colorize(label) // 2 + rng.integers(0, 60, (32, 64, 3), dtype=np.uint8)
             for folder, array in (("images", rgb), ("labels", label)):
                 (root / folder / split).mkdir(parents=True, exist_ok=True)
@@ -78,11 +77,16 @@ def shapes_data(tmp_path_factory) -> Path:
     dataset.write_text(yaml.safe_dump({
         "name": TABLE.dataset, "classes": list(TABLE.names), "palette": [list(c) for c in TABLE.palette],
         "img_dir": "images/{split}", "ann_dir": "labels/{split}", "img_suffix": ".png", "seg_map_suffix": ".png",
-        "eval": {"infer_size": 0, "window": 32, "stride": 32}}))
+        "ignore_index": ignore, "eval": {"infer_size": 0, "window": 32, "stride": 32}}))
     code, output = invoke("build-mindrecord", "--dataset", dataset, "--root", root, "--out", root / "mr",
                           "--workers", "1")
     assert code == 0, output
     return root / "mr"
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory) -> Path:
+    return build_shapes(tmp_path_factory.mktemp("shapes"))
 
 
 def test_predict_writes_class_indices_and_the_checkpoints_palette(tmp_path):
@@ -166,3 +170,22 @@ def test_npz_import_takes_the_classes_of_the_data_set(tmp_path):
                           "--out", tmp_path / "n.ckpt")
     assert code == 0 and "60 classes (pascal_context)" in output, output
     assert checkpoint_classes(tmp_path / "n.ckpt") == load_dataset("pascal_context").class_table()
+
+
+def test_inspect_pipeline_checks_the_config_against_the_data_and_draws_its_void_as_the_checkerboard(tmp_path):
+    data = build_shapes(tmp_path / "shapes7", ignore=7)
+    look = tmp_path / "look"
+    # As train: a config with another ignore index or class count is refused, naming both.
+    for config, what in ((tiny_config(tmp_path / "c.yaml", None), "data.ignore_index is 255"),
+                         (tiny_config(tmp_path / "c19.yaml", 19), "model.n_cls is 19")):
+        code, output = invoke("inspect-pipeline", "--config", config, "--data", data, "--out", look, "--n", 1)
+        assert code == 2 and what in output and "7" in output, output
+        assert not look.exists()
+    code, output = invoke("inspect-pipeline", "--config", tmp_path / "c.yaml", "--data", data, "--out", look,
+                          "--n", 1, "--set", "data.ignore_index=7")
+    assert code == 0, output
+    panel = np.asarray(Image.open(look / "sample_000.png")).astype(int)
+    image, over = panel[:, :32], panel[:, 32:]
+    # The top row (value 7, the data's ignore) is blended with the checkerboard's 8-pixel squares.
+    checker = np.where(np.arange(32) // 8 % 2 == 0, 255, 0)[:, None]
+    assert np.array_equal(over[0], (image[0] + checker) // 2)

@@ -1,6 +1,8 @@
 """`info`: parameters, FLOPs and sliding-window cost, against counts worked out by hand."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -95,3 +97,15 @@ def test_info_from_a_checkpoint_counts_its_model(tmp_path):
     r = CliRunner(mix_stderr=False).invoke(cli.main, ["info", "--checkpoint", str(ckpt), "--size", "64x64"])
     assert r.exit_code == 0, r.stderr
     assert f"parameters: {want:,} =" in r.stdout and "forward 1x3x64x64:" in r.stdout
+
+
+def test_info_sizes_as_eval_does_and_checks_the_configs_classes_against_the_data_set():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    # ADE20K's protocol: imrescale to (2048, 512), so a 512x2560 image is 410x2048, not 512x2560.
+    r = CliRunner(mix_stderr=False).invoke(cli.main, ["info", "--config", str(configs / "ade20k.yaml"),
+                                                      "--dataset", "ade20k", "--image-size", "512x2560"])
+    assert r.exit_code == 0, r.stderr
+    assert "inference size 410x2048, window 512, stride 512" in r.stdout and "; 150 classes" in r.stdout
+    r = CliRunner(mix_stderr=False).invoke(cli.main, ["info", "--config", str(configs / "cityscapes.yaml"),
+                                                      "--dataset", "ade20k"])
+    assert r.exit_code == 2 and "model.n_cls is 19 in" in r.stderr and "150 classes (ade20k)" in r.stderr

@@ -3,6 +3,7 @@ import numpy as np
 from cityscapesscripts.helpers import labels as official
 
 from base import labels
+from base.class_table import CITYSCAPES
 
 
 def test_label_to_train_lut_matches_official_table():
@@ -18,7 +19,7 @@ def test_label_to_train_lut_matches_official_table():
 
 def test_train_to_label_and_palette_match_official_table():
     to_label = labels.train_to_label_lut()
-    palette = labels.train_palette()
+    palette = CITYSCAPES.palette_lut()
     for lab in official.labels:
         if 0 <= lab.trainId < 255:
             assert to_label[lab.trainId] == lab.id

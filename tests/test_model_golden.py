@@ -17,7 +17,7 @@ from settings.files import load_config, save_config
 from settings.schema import Config, ModelConfig
 from weights.checkpoint import load_model
 from base.device import setup_context
-from base.labels import colorize
+from base.class_table import CITYSCAPES
 from base.ownership import WRITTEN
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
@@ -70,7 +70,7 @@ def test_predict_reproduces_official_probabilities(converted, tmp_path, name, ca
     np.testing.assert_allclose(probs, expected, atol=TOL, rtol=0)
     ids = np.asarray(Image.open(out / f"{stem}.png"))
     np.testing.assert_array_equal(ids, probs.argmax(0))
-    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_color.png")), colorize(ids))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_color.png")), CITYSCAPES.colorize(ids))
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{stem}.png", f"{stem}_color.png", f"{stem}_probs.npy",
                                                             WRITTEN])
 

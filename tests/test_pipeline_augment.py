@@ -5,9 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.augment import (AxisGrid, PadToCrop, Photometric, ScaleCropPhotometric, axis_grid, crop_passes,
-                                 rescale_size, resize_crop)
+from base.network_input import rescale_size
 from mindrecords.schema import decode_label
+from pipelines.augment import (AxisGrid, PadToCrop, Photometric, ScaleCropPhotometric, axis_grid, crop_passes,
+                               resize_crop)
 
 
 def _png(array: np.ndarray) -> np.ndarray:
@@ -21,13 +22,13 @@ def _smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 def test_rescale_size_follows_mmcv_imrescale():
-    # Cityscapes frame, base (2048, 1024): the ratio scales both sides.
-    assert rescale_size(1024, 2048, (2048, 1024), 0.5) == (512, 1024)
-    assert rescale_size(1024, 2048, (2048, 1024), 2.0) == (2048, 4096)
-    # A small frame is scaled up to the base size times the ratio.
-    assert rescale_size(128, 256, (2048, 1024), 1.0) == (1024, 2048)
+    # Cityscapes frame, base (2048, 1024) times the ratio: (short, long) = (512, 1024), (2048, 4096).
+    assert rescale_size(1024, 2048, 512, 1024) == (512, 1024)
+    assert rescale_size(1024, 2048, 2048, 4096) == (2048, 4096)
+    # A small frame is scaled up to the base size.
+    assert rescale_size(128, 256, 1024, 2048) == (1024, 2048)
     # The limiting side decides: a square image fits the short side of the target.
-    h, w = rescale_size(300, 300, (2048, 1024), 1.0)
+    h, w = rescale_size(300, 300, 1024, 2048)
     assert (h, w) == (1024, 1024)
 
 
@@ -135,7 +136,7 @@ def test_scale_range_and_crop_size():
     for seed in range(40):
         rng = np.random.default_rng(seed)
         ratio = rng.uniform(0.5, 2.0)
-        scaled = rescale_size(h, w, (128, 64), ratio)
+        scaled = rescale_size(h, w, int(64 * ratio), int(128 * ratio))  # the op's base (128, 64) times the ratio
         out_image, out_label = op(image, _png(label), seed)
         # The crop is the crop size, or the whole scaled side when that is smaller.
         assert out_label.shape == (min(48, scaled[0]), min(48, scaled[1]))

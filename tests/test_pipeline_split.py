@@ -12,7 +12,7 @@ from settings.schema import Config
 from mindrecords.manifest import MindRecordError
 from pipelines.inspection import panel
 from pipelines.train_pipeline import train_dataset
-from base.labels import colorize
+from base.class_table import CITYSCAPES
 
 CROP = 32
 
@@ -71,7 +71,7 @@ def test_overlay_blends_classes_and_marks_ignore():
     assert panel_.shape == (16, 32, 3)
     assert np.array_equal(panel_[:, :16], raw)
     blend = panel_[:, 16:].astype(int)
-    colours = colorize(label[:, :8].astype(np.uint8)).astype(int)
+    colours = CITYSCAPES.colorize(label[:, :8].astype(np.uint8)).astype(int)
     assert np.array_equal(blend[:, :8], (153 + colours) // 2)
     # Ignore: a checkerboard of (153 + 255) // 2 and 153 // 2, unlike any class colour blend.
     assert set(np.unique(blend[:, 8:])) == {153 // 2, (153 + 255) // 2}

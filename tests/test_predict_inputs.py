@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from base.labels import colorize
+from base.class_table import CITYSCAPES
 from base.ownership import WRITTEN
 from base.overlay import overlay
 from test_eval_cli import tiny_checkpoint
@@ -61,7 +61,8 @@ def test_folder_is_searched_recursively_and_unreadable_files_are_skipped(ckpt, r
     assert written == [WRITTEN, "a.png", "a_color.png", "b/deep/a.png", "b/deep/a_color.png"]  # + predict's log
     np.testing.assert_array_equal(_ids(out / "a.png"), reference)
     assert _ids(out / "b" / "deep" / "a.png").shape == reference.shape
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_color.png").convert("RGB")), colorize(reference))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_color.png").convert("RGB")),
+                                  CITYSCAPES.colorize(reference))
 
 
 def test_folder_of_unreadable_files_only_is_an_error(ckpt, tmp_path, monkeypatch):
@@ -111,7 +112,7 @@ def test_overlay_blends_the_palette_at_the_given_opacity(ckpt, reference, tmp_pa
     assert r.exit_code == 0, r.stderr
     got = np.asarray(Image.open(out / f"{IMAGE.stem}_overlay.png"))
     rgb = np.asarray(Image.open(IMAGE).convert("RGB"))
-    want = np.floor(0.75 * rgb + 0.25 * colorize(reference).astype(np.float64) + 1e-9).astype(np.uint8)
+    want = np.floor(0.75 * rgb + 0.25 * CITYSCAPES.colorize(reference).astype(np.float64) + 1e-9).astype(np.uint8)
     assert np.abs(got.astype(int) - want).max() <= 1  # float32 rounding at exact halves
     np.testing.assert_array_equal(got, overlay(rgb, reference, alpha=0.25))
     r = run("predict", IMAGE, "--checkpoint", ckpt, "--out", out, "--overlay", 1.5)
