@@ -308,3 +308,19 @@ def _remove_unused(created: list) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+def check_replaceable_dir(out_dir, kind: str, what: str = "write") -> None:
+    """UserError before any work (creating nothing) if the output folder `out_dir` may not be
+    replaced whole (`why_not_replaceable`) or its parent cannot be written: `cannot {what} here`."""
+    from base.atomic import check_can_create_dir
+    from base.errors import UserError
+
+    out = Path(out_dir)
+    reason = why_not_replaceable(out, kind)
+    if reason is not None:
+        raise UserError(f"{reason}; choose another folder", out)
+    try:
+        check_can_create_dir(out.parent)
+    except OSError as err:
+        raise UserError(f"cannot {what} here ({err.strerror or err})", out) from None

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from base.errors import UserError
-from base.atomic import check_can_create_dir, png_bytes
+from base.atomic import png_bytes
 from base.class_table import CITYSCAPES, ClassTable
 from base.labels import train_to_label_lut
 from base.overlay import overlay
-from base.ownership import make_staging, output_folder, swap_in, why_not_replaceable
+from base.ownership import check_replaceable_dir, make_staging, output_folder, swap_in
 from mindrecords.schema import check_path_field
 
 MANIFEST = "manifest.json"
@@ -47,14 +47,7 @@ class PredictionError(UserError, OSError):
 def check_prediction_dir(out_dir) -> None:
     """Fail before any work (creating nothing) if `out_dir` may not be replaced or its parent
     cannot be written."""
-    out = Path(out_dir)
-    reason = why_not_replaceable(out, KIND)
-    if reason is not None:
-        raise PredictionError(f"{out}: {reason}; choose another directory")
-    try:
-        check_can_create_dir(out.parent)
-    except OSError as err:
-        raise PredictionError(f"{out}: cannot write predictions here ({err.strerror or err})") from None
+    check_replaceable_dir(out_dir, KIND, "write predictions")
 
 
 @contextmanager

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from base.atomic import check_can_create_dir, write_png_atomic
+from base.atomic import write_png_atomic
 from base.class_table import CITYSCAPES, ClassTable
 from base.overlay import overlay
-from base.ownership import make_staging, swap_in, why_not_replaceable
-from mindrecords.manifest import MindRecordError, data_classes
+from base.ownership import check_replaceable_dir, make_staging, swap_in
+from mindrecords.manifest import data_classes
 from mindrecords.reader import read_batches
 from pipelines.train_pipeline import train_dataset
 from settings.schema import Config
@@ -32,25 +32,13 @@ def panel(image: np.ndarray, label: np.ndarray, cfg: Config, table: ClassTable =
 KIND = "inspection"
 
 
-def check_inspection_dir(out_dir) -> None:
-    """MindRecordError before any work (creating nothing) if `out_dir` may not be replaced."""
-    out = Path(out_dir)
-    reason = why_not_replaceable(out, KIND)
-    if reason is not None:
-        raise MindRecordError(f"{out}: {reason}; choose another folder")
-    try:
-        check_can_create_dir(out.parent)
-    except OSError as err:
-        raise MindRecordError(f"{out}: cannot write here ({err.strerror or err})") from None
-
-
 def save_inspection(cfg: Config, data_root, n: int, out_dir, progress=None) -> list:
     """Write `n` augmented training samples as `sample_NNN.png`; `out_dir` appears complete or not at all.
 
     Samples come one at a time (batch size 1) from the real pipeline. `cfg` is checked against the
     data as train checks it (`train.loop.with_data`), so `data.ignore_index` is the data's.
     """
-    check_inspection_dir(out_dir)
+    check_replaceable_dir(out_dir, KIND)  # before any work, creating nothing
     cfg = copy.deepcopy(cfg)
     cfg.train.batch_size = 1
     data = train_dataset(cfg, data_root)
