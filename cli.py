@@ -304,7 +304,7 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
     cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows,
                             protocol=data_eval_protocol(data, split))
     table = data_classes(data, split)
-    check_classes(cfg.model.n_cls, table, checkpoint, Path(data) / split)
+    check_classes(cfg.model.n_cls, table, checkpoint, Path(data) / split, trained=True)
     if save_predictions:
         check_prediction_dir(save_predictions)
     check_split(cfg, data, split, max_images, lambda line: click.echo(line, err=True))
@@ -347,6 +347,10 @@ def _check_eval_outputs(checkpoint, config, data, save_predictions, json_path) -
             raise UserError(f"{save_predictions}: {reason}; choose another --save-predictions folder")
     if json_path:
         reason = why_not_output(json_path, reads + [("the prediction folder (--save-predictions)", save_predictions)])
+        if reason is None:
+            from evaluate.evaluator import why_not_metrics_file
+
+            reason = why_not_metrics_file(json_path)
         if reason is not None:
             raise UserError(f"{json_path}: {reason}; --json must name a file of its own")
 
@@ -395,7 +399,8 @@ def train_cmd(config, data, out, resume, overrides):
         raise UserError("--set needs --config (a resumed run keeps its own config)")
     from train.loop import train
 
-    result = train(cfg, data, out, resume=resume, given_config=config is not None, log=click.echo, config_source=config)
+    result = train(cfg, data, out, resume=resume, given_config=config is not None, log=click.echo,
+                   config_source=f"{config} with --set" if overrides else config)
     if result.rank == 0:
         best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"
         click.echo(f"trained {result.steps} steps in {result.seconds:.1f}s on {result.group_size} rank(s); "

@@ -81,13 +81,16 @@ def default_palette(n: int) -> tuple:
 CITYSCAPES = ClassTable("cityscapes", CLASS_NAMES, tuple(l.color for l in TRAIN_LABELS), IGNORE)
 
 
-def check_classes(n_cls, table: ClassTable, source, data) -> int:
+def check_classes(n_cls, table: ClassTable, source, data, trained: bool = False) -> int:
     """The one check that a model's classes are the data's: the class count to build, `n_cls` if
     it equals the table's, the table's if `n_cls` is None (a config leaving it to the data).
-    UserError naming both numbers, `source` (the config or checkpoint) and `data` otherwise."""
+    UserError naming both numbers, `source` (the config or checkpoint) and `data` otherwise;
+    `trained`: the model is a trained checkpoint, whose class count no setting can change."""
     if n_cls is None:
         return table.n_cls
     if n_cls != table.n_cls:
+        fix = ("evaluate it on data of its own classes" if trained else
+               f"set model.n_cls to {table.n_cls}, or to null to take it from the data")
         raise UserError(f"model.n_cls is {n_cls} in {source}, the data at {data} has {table.n_cls} classes "
-                        f"({table.dataset}); set model.n_cls to {table.n_cls}, or to null to take it from the data")
+                        f"({table.dataset}); {fix}")
     return n_cls

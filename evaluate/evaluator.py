@@ -58,7 +58,7 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     for bench/bench_eval.py's side-by-side table), in metric accumulation and in writing predictions.
     """
     table = data_classes(data_root, split)
-    check_classes(cfg.model.n_cls, table, checkpoint or "the config", Path(data_root) / split)
+    check_classes(cfg.model.n_cls, table, checkpoint or "the config", Path(data_root) / split, trained=True)
     if save_predictions is not None and group_size > 1:
         raise EvalError(f"{save_predictions}: --save-predictions writes one prediction set from one process; "
                         "run it without msrun")
@@ -139,6 +139,26 @@ class _Scoring:
         self.done += 1
 
 
+METRICS_TOOL = "segmenter-mindspore eval"  # the `written_by` of every metrics file: our proof of ownership
+_MAX_METRICS_BYTES = 1 << 22  # a 255-class metrics file is a few tens of KB
+
+
 def write_metrics_json(metrics: dict, path) -> None:
     """Write the metrics dict atomically (temp file + rename): never a half-written file."""
-    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(path, json.dumps({"written_by": METRICS_TOOL, **metrics}, indent=2) + "\n")
+
+
+def why_not_metrics_file(path) -> str | None:
+    """Why an existing `path` may not be replaced by `eval --json`: only an earlier metrics file of
+    eval's (its `written_by`) is; None if it may (or does not exist)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read(_MAX_METRICS_BYTES + 1)) if path.stat().st_size <= _MAX_METRICS_BYTES else None
+    except (OSError, ValueError):
+        doc = None
+    if path.is_symlink() or not isinstance(doc, dict) or doc.get("written_by") != METRICS_TOOL:
+        return "exists and is not an earlier eval --json file (move it, or name another file)"
+    return None

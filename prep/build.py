@@ -300,6 +300,11 @@ def _convert_all(root: Path, out: Path, tasks: list, options: dict, spec: Datase
         for split, name, state in Parallel(n_jobs=min(workers, len(tasks)), return_as="generator_unordered")(jobs):
             ready[(split, name)] = ("staged", state)
             progress.update(len(state["samples"]), postfix=f"{split}/{name}")
+    except BaseException:  # a refused source: the shards other workers were writing end with the build
+        for split in {split for split, _, _ in tasks}:
+            for leftover in (out / split / STAGING_DIR).glob("*.partial-*"):
+                remove_tree(leftover)
+        raise
     finally:
         progress.close()
     return ready

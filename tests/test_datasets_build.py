@@ -337,3 +337,12 @@ def test_a_bad_data_set_is_refused_naming_the_file_and_writes_nothing(tmp_path, 
     assert r.exit_code == 2 and re.search(rf"^error: .*{what}", r.stderr, re.M | re.S), r.stderr
     assert "Traceback" not in r.stderr
     assert not list(out.glob("*/manifest.parquet"))
+
+
+def test_a_refused_parallel_build_leaves_no_partial_shard(tmp_path):
+    dataset, root, what = _refusal(tmp_path, "label-out-of-classes")
+    out = tmp_path / "out"
+    r = run("build-mindrecord", "--dataset", dataset, "--root", root, "--out", out, "--workers", 2,
+            "--shard-size", 1)
+    assert r.exit_code == 2 and re.search(rf"^error: .*{what}", r.stderr, re.M | re.S), r.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.partial-*")) == []  # ended with the build

@@ -24,7 +24,7 @@ N_VAL = 3
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.decoder.n_layers=1",
         "model.image_size=[64,64]", "model.drop_path_rate=0.0", "eval.window_size=64", "eval.window_stride=48",
         "eval.infer_size=0", "eval.batch_windows=3", "mode=pynative", "data.num_parallel_workers=1"]
-JSON_KEYS = {"mIoU", "per_class", "categories", "pixel_accuracy", "images", "seconds"}
+JSON_KEYS = {"written_by", "mIoU", "per_class", "categories", "pixel_accuracy", "images", "seconds"}
 
 
 def run(*args):

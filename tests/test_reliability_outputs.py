@@ -97,11 +97,18 @@ def test_prediction_folder_inside_the_data_is_refused(ckpt, tmp_path, monkeypatc
     assert sorted(p.name for p in data.rglob("*")) == ["val"]
 
 
-def test_eval_json_replaces_a_file_the_user_named(built, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("content", ["an earlier result", '{"mIoU": 0.5}', "CKPT"])
+def test_eval_json_replaces_only_its_own_earlier_file(built, tmp_path, content):  # noqa: F811
     mine = tmp_path / "metrics.json"
-    mine.write_text("an earlier result")
+    mine.write_bytes(Path(built["ckpt"]).read_bytes() if content == "CKPT" else content.encode())
+    before = mine.read_bytes()
     r = run("eval", "--checkpoint", built["ckpt"], "--data", built["out"], "--max-images", 1, "--json", mine)
-    assert r.exit_code == 0, r.output + r.stderr
+    assert r.exit_code == 2 and f"error: {mine}: exists and is not an earlier eval --json file" in r.stderr
+    assert mine.read_bytes() == before  # another checkpoint, a user's JSON, any file: untouched
+    mine.unlink()
+    for _ in range(2):  # its own earlier output is replaced
+        r = run("eval", "--checkpoint", built["ckpt"], "--data", built["out"], "--max-images", 1, "--json", mine)
+        assert r.exit_code == 0, r.output + r.stderr
     assert '"mIoU"' in mine.read_text()
 
 

@@ -294,7 +294,7 @@ def test_bad_settings_are_refused_before_the_first_step(tiny_data, tmp_path, cas
     cfg = write_tiny_config(tmp_path / "tiny.yaml")
     code, out = run_cli("--config", cfg, "--data", data, "--out", tmp_path / "run", *extra)
     want = {"no_val_split": f"error: {data / 'val'}: split 'val' was never built",
-            "n_cls": f"error: model.n_cls is 7 in {cfg}, the data at {data}/train has 19 classes (cityscapes)",
+            "n_cls": f"error: model.n_cls is 7 in {cfg} with --set, the data at {data}/train has 19 classes (cityscapes)",
             "negative_lr": "train.optimizer.lr (-0.01) must be > 0",
             "nan_lr": "train.optimizer.lr: expected a finite number, got nan",
             "negative_iterations": "train.iterations (-5) must be >= 0"}[case]
