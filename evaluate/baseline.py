@@ -12,8 +12,9 @@ import argparse
 
 import numpy as np
 
-from settings.schema import Config
+from settings.schema import Config, with_eval_protocol
 from evaluate.metrics import ConfusionMatrix, compute_metrics
+from mindrecords.manifest import data_eval_protocol
 from pipelines.eval_pipeline import eval_dataset
 from base.labels import NUM_CLASSES
 
@@ -23,7 +24,8 @@ def baselines(data_root, split: str = "val", seed: int = 0) -> dict:
     constant = [ConfusionMatrix(NUM_CLASSES) for _ in range(NUM_CLASSES)]
     random = ConfusionMatrix(NUM_CLASSES)
     images = 0
-    for row in eval_dataset(Config(), data_root, split).create_dict_iterator(num_epochs=1, output_numpy=True):
+    cfg = with_eval_protocol(Config(), data_eval_protocol(data_root, split), str(data_root))  # as eval reads it
+    for row in eval_dataset(cfg, data_root, split).create_dict_iterator(num_epochs=1, output_numpy=True):
         label = row["label"]
         for cls, cm in enumerate(constant):
             cm.update(label, np.full_like(label, cls))

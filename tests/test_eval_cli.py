@@ -350,3 +350,20 @@ def test_inspect_pipeline_on_a_damaged_shard(built, tmp_path):
     assert r.exit_code == 2 and f"error: {first}: damaged shard (unreadable" in r.stderr, r.output + r.stderr
     assert "found in inspect-pipeline" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_demo_baselines_score_every_val_image_of_a_build(built):
+    """`python -m evaluate.baseline` (make demo's last line) reads the split as eval does."""
+    from evaluate.baseline import baselines
+    from evaluate.metrics import ConfusionMatrix, compute_metrics
+    from pipelines.eval_pipeline import eval_dataset
+    from settings.schema import Config, with_eval_protocol
+    from mindrecords.manifest import data_eval_protocol
+
+    r = baselines(built["out"], "val")
+    assert r["images"] == N_VAL and 0 <= r["constant_class"] < 19
+    cfg = with_eval_protocol(Config(), data_eval_protocol(built["out"], "val"), "test")
+    cm = ConfusionMatrix(19)
+    for row in eval_dataset(cfg, built["out"], "val").create_dict_iterator(num_epochs=1, output_numpy=True):
+        cm.update(row["label"], np.full_like(row["label"], r["constant_class"]))
+    assert r["constant_mIoU"] == compute_metrics(cm.matrix)["mIoU"] > 0
