@@ -263,31 +263,39 @@ def main() -> None:
     rows = []
     for n in sizes:
         root = _subset(full, data / f"set{n}-of{distinct}", n)
-        source_mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
         for p in root.rglob("*.png"):
             p.read_bytes()  # warm the page cache: every mode reads from memory
-        result = {}
-        for mode in MODES:
-            out = data / f"out_{mode}{n}"
-            shutil.rmtree(out, ignore_errors=True)
-            proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--root", str(root), "--out", str(out),
-                                   "--workers", str(args.workers), "--shard-size", str(args.shard_size)],
-                                  check=True, capture_output=True, text=True)
-            result[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-            shutil.rmtree(out, ignore_errors=True)
-        rows.append((n, source_mb, result))
+        rows.append((n, _measure(root, data / f"out{n}", args, "cityscapes")))
     print(f"\nbuild-mindrecord bench: 1024x2048 frames, {args.workers} workers, shard size {args.shard_size}, "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
+    _print_table(rows, cpu_decimals=0)
+
+
+def _measure(root: Path, out_base: Path, args, dataset: str) -> dict:
+    """Every mode on the same files, each in a fresh process: mode -> its measurement."""
+    result = {}
+    for mode in MODES:
+        out = out_base.with_name(f"{out_base.name}_{mode}")
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--root", str(root), "--out", str(out),
+                               "--workers", str(args.workers), "--shard-size", str(args.shard_size),
+                               "--dataset", dataset], check=True, capture_output=True, text=True)
+        result[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def _print_table(rows: list, cpu_decimals: int) -> None:
     print("| images | floor img/s | build img/s | single-process img/s (default / tuned malloc) | build / floor "
           "| build / single (default / tuned malloc) | CPU ms/img floor / build / single / single tuned "
           "| peak RSS build worker / main (MB) | peak RSS single (MB) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for n, _, r in rows:
+    for n, r in rows:
         rate = {m: r[m]["images"] / r[m]["seconds"] for m in r}
         print(f"| {n} | {rate['floor']:.2f} | {rate['build']:.2f} | {rate['single']:.2f} / {rate['single_malloc']:.2f} | "
               f"{rate['build'] / rate['floor']:.0%} | {rate['build'] / rate['single']:.2f}x / "
               f"{rate['build'] / rate['single_malloc']:.2f}x | "
-              + " / ".join(f"{r[m]['cpu_ms_per_image']:.0f}" for m in MODES) + " | "
+              + " / ".join(f"{r[m]['cpu_ms_per_image']:.{cpu_decimals}f}" for m in MODES) + " | "
               f"{r['build']['worker_mb']:.0f} / {r['build']['main_mb']:.0f} | {r['single']['main_mb']:.0f} |")
 
 
@@ -314,17 +322,7 @@ def main_ade(args) -> None:
         for p in root.rglob("*"):
             if p.is_file():
                 p.read_bytes()  # warm the page cache: every mode reads from memory
-        result = {}
-        for mode in MODES:
-            out = data / f"out_{mode}{n}"
-            shutil.rmtree(out, ignore_errors=True)
-            proc = subprocess.run([sys.executable, __file__, "--mode", mode, "--root", str(root), "--out", str(out),
-                                   "--workers", str(args.workers), "--shard-size", str(args.shard_size),
-                                   "--dataset", "ade20k"],
-                                  check=True, capture_output=True, text=True)
-            result[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-            shutil.rmtree(out, ignore_errors=True)
-        rows.append((n, result))
+        rows.append((n, _measure(root, data / f"out{n}", args, "ade20k")))
     kb = np.mean([p.stat().st_size for p in jpegs]) / 1e3
     label_kb = np.mean([p.stat().st_size for p in (full / ADE_ROOT / "annotations" / "training").glob("*.png")]) / 1e3
     print(f"\nbuild-mindrecord bench, ADE20K-shaped: {distinct} distinct training JPEGs (quality 90, mean {kb:.0f} KB, "
@@ -332,17 +330,7 @@ def main_ade(args) -> None:
           f"{max(max(s) for s in shapes)} longest, mean {np.mean([w * h for w, h in shapes]) / 1e3:.0f} kpixels; "
           f"{args.workers} workers, shard size {args.shard_size}, {os.cpu_count()} cores, "
           f"load avg {os.getloadavg()[0]:.1f}")
-    print("| images | floor img/s | build img/s | single-process img/s (default / tuned malloc) | build / floor "
-          "| build / single (default / tuned malloc) | CPU ms/img floor / build / single / single tuned "
-          "| peak RSS build worker / main (MB) | peak RSS single (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, r in rows:
-        rate = {m: r[m]["images"] / r[m]["seconds"] for m in r}
-        print(f"| {n} | {rate['floor']:.2f} | {rate['build']:.2f} | {rate['single']:.2f} / {rate['single_malloc']:.2f} | "
-              f"{rate['build'] / rate['floor']:.0%} | {rate['build'] / rate['single']:.2f}x / "
-              f"{rate['build'] / rate['single_malloc']:.2f}x | "
-              + " / ".join(f"{r[m]['cpu_ms_per_image']:.1f}" for m in MODES) + " | "
-              f"{r['build']['worker_mb']:.0f} / {r['build']['main_mb']:.0f} | {r['single']['main_mb']:.0f} |")
+    _print_table(rows, cpu_decimals=1)
 
 
 if __name__ == "__main__":
