@@ -6,7 +6,7 @@ DEMO := demo_out
 
 .PHONY: demo test bench clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-onnx.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-onnx.txt requirements-openvino.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt

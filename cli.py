@@ -48,8 +48,15 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+@click.option("--verbose", is_flag=True,
+              help="Show MindSpore's own warnings (quiet by default: GLOG_v=3; an exported GLOG_v is kept).")
+def main(verbose):
     """Segmenter (ViT + Mask Transformer) on Cityscapes with MindSpore."""
+    import os
+
+    # Read by MindSpore when it is imported (every command imports it later, lazily); under msrun
+    # each worker's log otherwise carries some 50 of its warnings.
+    os.environ.setdefault("GLOG_v", "2" if verbose else "3")
 
 
 def _parse_scales(ctx, param, value):
@@ -159,7 +166,8 @@ def _check_settings_fit(cfg, given: dict) -> None:
 
 
 def _load_net(cfg, checkpoint, mode: str | None = None):
-    """The device context from the config, then the model with every weight from CKPT."""
+    """The device context from the config (device_target: --device applied), then the model with
+    every weight from CKPT."""
     from base.device import setup_context
     from weights.checkpoint import load_model
 
@@ -167,27 +175,89 @@ def _load_net(cfg, checkpoint, mode: str | None = None):
     return load_model(checkpoint, cfg)
 
 
+_device_option = click.option(
+    "--device", type=click.Choice(["CPU", "GPU", "Ascend"], case_sensitive=False),
+    help="Where MindSpore computes [device_target]; GPU and Ascend need MindSpore's build for them.")
+
+
+def _on_device(cfg, device):
+    """`cfg` with --device as its device_target (None: the config's own)."""
+    if device is not None:
+        cfg.device_target = device
+    return cfg
+
+
 _RUNTIME_OPTION = click.option(
-    "--runtime", type=click.Choice(["mindspore", "onnxruntime"]), default="mindspore", show_default=True,
-    help="Run the windows in MindSpore, or in ONNX Runtime (the optional onnx extra) from the same weights.")
+    "--runtime", type=click.Choice(["mindspore", "onnxruntime", "openvino"]), default="mindspore",
+    show_default=True, help="Run the windows in MindSpore, or on the CPU in ONNX Runtime (the optional onnx extra) "
+                            "or OpenVINO (the optional openvino extra) from the same weights (docs/inference.md).")
+_PRECISION_OPTION = click.option(
+    "--precision", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+    help="--runtime openvino: f32 (checked against MindSpore to 1e-4), or bf16 on CPUs with bfloat16 units "
+         "(faster, lossy: its agreement with f32 is reported).")
 
 
-def _check_runtime(runtime: str) -> None:
-    """Refuse --runtime onnxruntime before any work when its optional packages are missing."""
+def _check_runtime(runtime: str, device: str | None = None, precision: str = "f32") -> None:
+    """Refuse a runtime before any work: its optional packages missing, a --device it cannot run
+    on (ONNX Runtime and OpenVINO run here on the CPU only), --precision bf16 outside OpenVINO."""
+    if precision != "f32" and runtime != "openvino":
+        raise UserError(f"--precision {precision}: only --runtime openvino runs below f32")
+    if runtime == "mindspore":
+        return
+    if device not in (None, "CPU"):
+        raise UserError(f"--device {device}: --runtime {runtime} runs on the CPU only; "
+                        f"use --runtime mindspore on {device}")
     if runtime == "onnxruntime":
         from deploy.onnx_runtime import require_onnx
 
         require_onnx("--runtime onnxruntime")
+    else:
+        from deploy.openvino_runtime import require_openvino
+
+        require_openvino("--runtime openvino")
 
 
-def _window_runner(cfg, checkpoint, runtime: str):
-    """What runs the windows: the MindSpore network, or an ONNX Runtime session of it at the window size."""
-    net = _load_net(cfg, checkpoint)
+def _window_runner(cfg, checkpoint, runtime: str, precision: str = "f32"):
+    """What runs the windows: the MindSpore network, or an ONNX Runtime session or OpenVINO model
+    of it at the window size (`precision`: OpenVINO's, f32 checked against MindSpore)."""
+    # The CPU runtimes read the network only to build their graph: on the CPU, whatever the config says.
+    net = _load_net(cfg if runtime == "mindspore" else _on_device(cfg, "CPU"), checkpoint)
     if runtime == "mindspore":
         return net
-    from deploy.onnx_runtime import onnx_runner
+    if runtime == "onnxruntime":
+        from deploy.onnx_runtime import onnx_runner
 
-    return onnx_runner(net, cfg.eval.window_size)
+        return onnx_runner(net, cfg.eval.window_size)
+    from deploy.openvino_runtime import openvino_runner
+
+    return openvino_runner(net, cfg.eval.window_size, precision)
+
+
+def _runtime_words(cfg, runtime: str, runner) -> str:
+    """What ran the windows, for a summary: `runtime openvino f32 on CPU (...difference...)`."""
+    if runtime != "openvino":
+        return f"runtime {runtime} on {cfg.device_target}"
+    checked = (f" (max probability difference vs MindSpore {runner.max_difference:.1e})"
+               if runner.max_difference is not None else "")
+    return f"runtime openvino {runner.precision} on CPU{checked}"
+
+
+def _bf16_agreement(runner, cfg, found) -> str:
+    """predict --precision bf16: the share of the first image's pixels given the class f32 gives
+    them, so the cost of bf16 is seen (one more prediction at each precision)."""
+    import numpy as np
+
+    from base.images import decode_image
+    from evaluate.predict import predict_rgb
+
+    image = next((item.path for item in found.items if item.kind == "image" and item.path not in
+                  {path for path, _ in found.skipped}), None)
+    if image is None:
+        return "bf16 vs f32: no image among the inputs to compare on (videos only)"
+    rgb = decode_image(image)
+    agree = np.mean(predict_rgb(runner, cfg, rgb, image.name) == predict_rgb(runner.with_precision("f32"), cfg,
+                                                                             rgb, image.name))
+    return f"bf16 vs f32 on {image}: {100 * agree:.2f}% of pixels get the same class"
 
 
 def _parse_splits(ctx, param, value):
@@ -265,7 +335,7 @@ def verify_cmd(out, splits):
 
 
 @main.command("eval")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Model checkpoint (.ckpt).")
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
 @click.option("--data", required=True, type=click.Path(file_okay=False), help="build-mindrecord output folder.")
 @click.option("--split", default="val", show_default=True, callback=_parse_split,
@@ -273,12 +343,18 @@ def verify_cmd(out, splits):
 @_window_options
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="Evaluate the first N images (0 = all).")
 @click.option("--save-predictions", type=click.Path(),
-              help="Write the predictions into this folder: labelIds/ and color/ on Cityscapes; "
-                   "else {id}.png in the data's label encoding (ADE20K: class + 1) and color/.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
+              help="Write the predictions into this folder: labelIds/ on Cityscapes, else {id}.png in the data's "
+                   "label encoding (ADE20K: class + 1); color/ (the palette) and overlay/ (blended over the image).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the metrics (mmseg's aAcc, mIoU, mAcc, per-class IoU and Acc) and the confusion counts "
+                   "as JSON here.")
+@click.option("--confusion", "confusion_path", type=click.Path(dir_okay=False),
+              help="Draw the row-normalised confusion matrix with the class names into this PNG.")
 @_RUNTIME_OPTION
+@_PRECISION_OPTION
+@_device_option
 def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, scales, batch_windows,
-             max_images, save_predictions, json_path, runtime):
+             max_images, save_predictions, json_path, confusion_path, runtime, precision, device):
     """Sliding-window evaluation of CKPT on a built split, as the official code evaluates its data
     set (window, stride, resize: the data's protocol unless the config or an option sets them):
     Cityscapes' official mIoU, mmseg's mean_iou for any other data set."""
@@ -294,27 +370,31 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
 
     if split in NO_GROUND_TRUTH_SPLITS and not save_predictions:
         raise UserError(f"--split {split} has no ground truth to score: pass --save-predictions DIR to export")
-    _check_runtime(runtime)
-    _check_eval_outputs(checkpoint, config, data, save_predictions, json_path)
-    if json_path:
-        if not Path(json_path).parent.is_dir():
-            raise UserError(f"{json_path}: folder {Path(json_path).parent} does not exist")
-        check_writable_dir(Path(json_path).parent)  # an OSError here becomes `error: FOLDER: ...`
+    if split in NO_GROUND_TRUTH_SPLITS and confusion_path:
+        raise UserError(f"--confusion {confusion_path}: --split {split} has no ground truth to count")
+    _check_runtime(runtime, device, precision)
+    _check_eval_outputs(checkpoint, config, data, save_predictions, json_path, confusion_path)
+    for path in filter(None, (json_path, confusion_path)):
+        if not Path(path).parent.is_dir():
+            raise UserError(f"{path}: folder {Path(path).parent} does not exist")
+        check_writable_dir(Path(path).parent)  # an OSError here becomes `error: FOLDER: ...`
     split_shard_files(data, split)  # fail on a missing split before reading its data set
     cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows,
                             protocol=data_eval_protocol(data, split))
+    cfg = _on_device(cfg, device)
     table = data_classes(data, split)
     check_classes(cfg.model.n_cls, table, checkpoint, Path(data) / split, trained=True)
     if save_predictions:
         check_prediction_dir(save_predictions)
     check_split(cfg, data, split, max_images, lambda line: click.echo(line, err=True))
-    net = _window_runner(cfg, checkpoint, runtime)
+    net = _window_runner(cfg, checkpoint, runtime, precision)
     rank, group_size = init_distributed()  # under msrun: each rank evaluates its share
     result = evaluate_split(net, cfg, data, split, max_images=max_images, save_predictions=save_predictions,
                             checkpoint=str(checkpoint), show_progress=rank == 0, rank=rank,
                             group_size=group_size)
     if rank > 0:
         return
+    click.echo(f"eval: {_runtime_words(cfg, runtime, net)}")
     _print_eval(result, cfg, table, split, save_predictions)
     if json_path:
         try:
@@ -322,6 +402,15 @@ def eval_cmd(checkpoint, config, data, split, window, stride, infer_size, flip, 
         except OSError as err:
             raise UserError(f"{json_path}: cannot write the metrics ({err.strerror or err})") from None
         click.echo(f"metrics: {json_path}")
+    if confusion_path:
+        from evaluate.confusion import write_confusion
+
+        try:
+            write_confusion(confusion_path, result["confusion"], table.names,
+                            f"{table.dataset} {split}: confusion, each row normalised (%)")
+        except OSError as err:
+            raise UserError(f"{confusion_path}: cannot write the confusion matrix ({err.strerror or err})") from None
+        click.echo(f"confusion matrix: {confusion_path}")
 
 
 def _end_on_sigterm() -> None:
@@ -333,9 +422,9 @@ def _end_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
-def _check_eval_outputs(checkpoint, config, data, save_predictions, json_path) -> None:
-    """Neither output may be, or lie inside, what the run reads; --json not inside the prediction
-    folder either (that folder is replaced whole). Paths compared as files."""
+def _check_eval_outputs(checkpoint, config, data, save_predictions, json_path, confusion_path=None) -> None:
+    """No output may be, or lie inside, what the run reads; --json and --confusion not inside the
+    prediction folder either (that folder is replaced whole), nor one another. Paths compared as files."""
     from base.ownership import why_not_output
     from settings.files import config_beside
 
@@ -353,6 +442,15 @@ def _check_eval_outputs(checkpoint, config, data, save_predictions, json_path) -
             reason = why_not_metrics_file(json_path)
         if reason is not None:
             raise UserError(f"{json_path}: {reason}; --json must name a file of its own")
+    if confusion_path:
+        from evaluate.confusion import why_not_confusion_file
+
+        reason = why_not_output(confusion_path, reads + [
+            ("the prediction folder (--save-predictions)", save_predictions), ("the metrics file (--json)", json_path)])
+        if reason is None:
+            reason = why_not_confusion_file(confusion_path)
+        if reason is not None:
+            raise UserError(f"{confusion_path}: {reason}; --confusion must name a file of its own")
 
 
 def _print_eval(result: dict, cfg, table, split: str, save_predictions) -> None:
@@ -372,10 +470,11 @@ def _print_eval(result: dict, cfg, table, split: str, save_predictions) -> None:
         if table != CITYSCAPES:
             click.echo(f"{table.dataset}: {table.n_cls} classes, mmseg's mean_iou")
         click.echo(format_table(result))
+    pictures = f"{save_predictions}/color (palette), {save_predictions}/overlay (over the image)"
     if save_predictions and table == CITYSCAPES:
-        click.echo(f"predictions: {save_predictions}/labelIds (submission labelIds), {save_predictions}/color")
+        click.echo(f"predictions: {save_predictions}/labelIds (submission labelIds), {pictures}")
     elif save_predictions:
-        click.echo(f"predictions: {save_predictions} (label PNGs in the data's encoding), {save_predictions}/color")
+        click.echo(f"predictions: {save_predictions} (label PNGs in the data's encoding), {pictures}")
 
 
 @main.command("train")
@@ -385,26 +484,41 @@ def _print_eval(result: dict, cfg, table, split: str, save_predictions) -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder RUN.")
 @click.option("--resume", is_flag=True, help="Continue RUN from its last checkpoint (same lr position, data order).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. --set train.iterations=200 (repeatable).")
-def train_cmd(config, data, out, resume, overrides):
-    """Train Segmenter on the built train split; validate, checkpoint, resume; msrun for data parallel."""
+              help="Override a config key, e.g. --set train.iterations=200 (repeatable); with --resume and no "
+                   "--config, RUN/config.yaml's: a larger train.iterations or train.epochs extends the run.")
+@_device_option
+def train_cmd(config, data, out, resume, overrides, device):
+    """Train Segmenter on the built train split; validate, checkpoint, resume; msrun for data parallel.
+    Ctrl-C or SIGTERM: the step in flight finishes, its checkpoint is written, and the resume
+    command is printed (exit 130 / 143); a second one stops at once."""
+    import shlex
+    import signal
+
     from settings.files import apply_overrides, load_config
 
     if config is None and not resume:
         raise UserError("--config is required for a new run (only --resume can reuse RUN/config.yaml)")
-    cfg = None
-    if config is not None:
-        cfg = apply_overrides(load_config(config), list(overrides))
-    elif overrides:
-        raise UserError("--set needs --config (a resumed run keeps its own config)")
+    cfg = apply_overrides(load_config(config), list(overrides)) if config is not None else None
     from train.loop import train
 
     result = train(cfg, data, out, resume=resume, given_config=config is not None, log=click.echo,
-                   config_source=f"{config} with --set" if overrides else config)
-    if result.rank == 0:
+                   config_source=f"{config} with --set" if overrides else config,
+                   overrides=() if config is not None else overrides, device=device)
+    resume_line = f"python cli.py train --data {shlex.quote(str(data))} --out {shlex.quote(str(out))} --resume"
+    if result.rank == 0 and result.finished_before:
+        key, value = result.length
+        click.echo(f"{out}: the run had already finished at step {result.at_step}/{result.steps}; last checkpoint "
+                   f"{result.last_checkpoint}. To train longer: {resume_line} --set {key}=N (N > {value})")
+    elif result.rank == 0:
         best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"
-        click.echo(f"trained {result.steps} steps in {result.seconds:.1f}s on {result.group_size} rank(s); "
-                   f"best val mIoU {best}; last checkpoint {result.last_checkpoint}")
+        done = f"trained {result.steps} steps" if result.stopped_by is None else \
+            f"stopped by {signal.Signals(result.stopped_by).name} at step {result.at_step}/{result.steps}"
+        click.echo(f"{done} in {result.seconds:.1f}s on {result.group_size} rank(s); best val mIoU {best}; "
+                   f"last checkpoint {result.last_checkpoint}")
+    if result.stopped_by is not None:
+        if result.rank == 0:
+            click.echo(f"resume with: {resume_line}")
+        raise click.exceptions.Exit(128 + result.stopped_by)
 
 
 @main.command("inspect-pipeline")
@@ -477,7 +591,7 @@ def convert_weights_cmd(src, out, config, dataset):
     classes = f"{m.n_cls} classes" + (f" ({data.name})" if data is not None else "")
     click.echo(f"{src}: {kind} -> {out} (+ {config_beside(out)}); {m.backbone} d_model {m.d_model}, "
                f"{m.n_layers} layers, patch {m.patch_size}, decoder {m.decoder.name} ({m.decoder.n_layers} layers), "
-               f"{classes}")
+               f"{classes}; device_target {cfg.device_target} (each command's --device overrides it)")
 
 
 def _opacity(ctx, param, value):
@@ -488,7 +602,7 @@ def _opacity(ctx, param, value):
 
 @main.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Model checkpoint (.ckpt).")
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @_window_options
@@ -498,8 +612,10 @@ def _opacity(ctx, param, value):
                    "for videos the overlay opacity (default 0.5).")
 @click.option("--frames", is_flag=True, help="Videos: also write {stem}_frames/frame_NNNNNN.png (class indices).")
 @_RUNTIME_OPTION
+@_PRECISION_OPTION
+@_device_option
 def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, flip, scales, batch_windows, save_probs,
-                alpha, frames, runtime):
+                alpha, frames, runtime, precision, device):
     """Sliding-window prediction of INPUTS: image files, folders (recursive), globs, videos.
 
     Per image OUT/{stem}.png (class indices: trainIds on Cityscapes), OUT/{stem}_color.png in the
@@ -509,9 +625,10 @@ def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, fli
     from evaluate.predict import check_output, check_sizes, predict_inputs
     from evaluate.predict_inputs import KIND, check_outputs, resolve_inputs
 
-    cfg = _inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows)
+    cfg = _on_device(_inference_config(checkpoint, config, window, stride, infer_size, flip, scales, batch_windows),
+                     device)
     table = check_output(cfg, checkpoint, out)
-    _check_runtime(runtime)
+    _check_runtime(runtime, device, precision)
     with output_folder(out, KIND):  # one predict per --out, from the checks to the last write
         written = WrittenFiles(out, KIND)  # every earlier output in OUT is proven once, here
         found = resolve_inputs(inputs, written)
@@ -519,9 +636,11 @@ def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, fli
             click.echo(f"skipped: {path}: {reason}", err=True)
         check_sizes(cfg, found, lambda line: click.echo(line, err=True))
         check_outputs(found, out, save_probs, alpha is not None, frames, written)
-        net = _window_runner(cfg, checkpoint, runtime)
+        net = _window_runner(cfg, checkpoint, runtime, precision)
         result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames,
                                 written=written, table=table)
+    if precision == "bf16":
+        click.echo(_bf16_agreement(net, cfg, found))
     e = cfg.eval
     done = result["images"] + result["frames"]
     what = f"{result['images']} images" + (f" + {result['frames']} video frames ({found.videos} videos)"
@@ -529,7 +648,52 @@ def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, fli
     skipped = f", {len(found.skipped)} unreadable skipped" if found.skipped else ""
     click.echo(f"{what} in {result['seconds']:.1f}s ({done / max(result['seconds'], 1e-9):.2f} images/s){skipped}; "
                f"window {e.window_size}, stride {e.window_stride}, flip {e.flip}, scales {e.scales}, "
-               f"runtime {runtime}, {table.n_cls} classes ({table.dataset}) -> {out}")
+               f"{_runtime_words(cfg, runtime, net)}, {table.n_cls} classes ({table.dataset}) -> {out}")
+
+
+@main.command("attention")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(), help="Model checkpoint (.ckpt).")
+@click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--layer", required=True, metavar="enc:N|dec:N",
+              help="Encoder or decoder block N, from 0 (negative: from the last), e.g. dec:-1.")
+@click.option("--pixel", "pixels", multiple=True, metavar="Y,X", help="Query: the patch of IMAGE's pixel Y,X "
+              "(row, column); repeatable.")
+@click.option("--class", "classes", multiple=True, metavar="NAME",
+              help="Query (decoder layers): the embedding of class NAME; repeatable.")
+@click.option("--class-token", is_flag=True, help="Query (encoder layers): the class token.")
+@click.option("--infer-size", type=click.IntRange(min=0), help="Short side IMAGE is resized to [eval.infer_size].")
+@_device_option
+def attention_cmd(image, checkpoint, config, out, layer, pixels, classes, class_token, infer_size, device):
+    """Each head's attention at one encoder or decoder layer, per query: OUT/{stem}_{layer}_{query}.png
+    (the network's input, then one tile per head) and .npy (float32 heads x patch rows x columns)."""
+    import time
+    from pathlib import Path
+
+    from analysis.attention_maps import KIND, output_names, prepare, write_attention_maps
+    from base.images import decode_image
+    from base.ownership import WrittenFiles, output_folder
+    from evaluate.predict import check_output
+
+    cfg = _on_device(_inference_config(checkpoint, config, None, None, infer_size, None, None, None), device)
+    table = check_output(cfg, checkpoint, out)
+    chosen, queries = prepare(cfg, table, image, layer, pixels, classes, class_token)
+    stem = Path(image).stem
+    with output_folder(out, KIND):
+        written = WrittenFiles(out, KIND)
+        for name in (n for pair in output_names(stem, chosen, queries) for n in pair):
+            reason = written.why_not_ours(Path(out) / name)
+            if reason:
+                raise UserError(f"{reason}; choose another --out", Path(out) / name)
+        start = time.perf_counter()
+        net = _load_net(cfg, checkpoint, mode="pynative")  # the hook that reads the weights needs PyNative
+        paths = write_attention_maps(net, cfg, decode_image(image), stem, chosen, queries, out, written, image,
+                                     table)
+    for path in paths:
+        click.echo(f"wrote {path}")
+    click.echo(f"{len(queries)} {'query' if len(queries) == 1 else 'queries'} at {chosen.title} in "
+               f"{time.perf_counter() - start:.1f}s -> {out}")
 
 
 def _parse_size(option: str, value: str) -> tuple[int, int]:
@@ -563,7 +727,7 @@ def _info_net(cfg, checkpoint, parameters: int):
 
 @main.command("info")
 @click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (the model described by model.*).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Or a checkpoint (its config beside it).")
+@click.option("--checkpoint", type=click.Path(), help="Or a checkpoint (its config beside it).")
 @click.option("--size", default=None, help="Forward input HxW [model.image_size].")
 @click.option("--image-size", default="1024x2048", show_default=True,
               help="Image HxW for the sliding-window cost (a Cityscapes frame).")
@@ -572,7 +736,8 @@ def _info_net(cfg, checkpoint, parameters: int):
               help="With --config: the data set (NAME or FILE.yaml) whose classes and evaluation protocol fill the "
                    "config's open keys (model.n_cls, eval.*: null); a set model.n_cls must equal its classes. "
                    "The default is Cityscapes' classes and protocol.")
-def info_cmd(config, checkpoint, size, image_size, measure, dataset):
+@_device_option
+def info_cmd(config, checkpoint, size, image_size, measure, dataset, device):
     """Parameters per part, FLOPs of one forward, the sliding window's windows and FLOPs per image."""
     from base.network_input import inference_size
     from evaluate.sliding_window import count_windows
@@ -592,6 +757,7 @@ def info_cmd(config, checkpoint, size, image_size, measure, dataset):
         cfg = with_eval_protocol(cfg, spec.eval, f"--dataset {dataset}")
     else:
         cfg = checkpoint_config(checkpoint)
+    cfg = _on_device(cfg, device)
     m, e = cfg.model, cfg.eval
     h, w = _parse_size("--size", size) if size else tuple(m.image_size)
     ih, iw = _parse_size("--image-size", image_size)
@@ -604,26 +770,45 @@ def info_cmd(config, checkpoint, size, image_size, measure, dataset):
         click.echo(line)
 
 
-@main.command("export")
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="Model checkpoint (.ckpt).")
-@click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file, ending in .mindir or .onnx.")
-@click.option("--size", required=True, help="Fixed input size HxW, e.g. 768x768.")
-@click.option("--format", "fmt", type=click.Choice(["mindir", "onnx"]), default="mindir", show_default=True,
-              help="MindIR (batch 1), or ONNX opset 17 (any batch; needs the onnx extra), checked against MindSpore.")
-def export_cmd(checkpoint, config, out, size, fmt):
-    """Export CKPT for deployment: input (N,3,H,W) normalized float32, output logits (N,n_cls,H,W)."""
+EXPORT_FORMATS = {".mindir": "mindir", ".onnx": "onnx"}
+
+
+def _export_format(out, fmt: str | None) -> str:
+    """The format --out's suffix names; --format, if given, must name the same."""
     from pathlib import Path
 
+    suffix = Path(out).suffix
+    named = EXPORT_FORMATS.get(suffix)
+    if named is None:
+        raise UserError(f"--out {out}: the file name must end in {' or '.join(EXPORT_FORMATS)}")
+    if fmt is not None and fmt != named:
+        raise UserError(f"--out {out}: the file name must end in .{fmt} for --format {fmt}")
+    return named
+
+
+@main.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Model checkpoint (.ckpt).")
+@click.option("--config", type=click.Path(dir_okay=False), help="Config YAML (default: the one beside CKPT).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .mindir (MindIR) or .onnx (ONNX); the suffix picks the format.")
+@click.option("--size", default=None, help="Fixed input size HxW, e.g. 768x768 [eval.window_size, square].")
+@click.option("--format", "fmt", type=click.Choice(sorted(EXPORT_FORMATS.values())), default=None,
+              help="MindIR (batch 1), or ONNX opset 17 (any batch; needs the onnx extra), checked against MindSpore "
+                   "[the --out suffix]; must agree with it.")
+@_device_option
+def export_cmd(checkpoint, config, out, size, fmt, device):
+    """Export CKPT for deployment: input (N,3,H,W) normalized float32, output logits (N,n_cls,H,W).
+    The ONNX file carries what a deployment needs beside the graph (mean, std, class names,
+    palette, patch and input size) as metadata."""
     from weights.checkpoint import checkpoint_classes, checkpoint_config
 
-    h, w = _parse_size("--size", size)
-    if Path(out).suffix != f".{fmt}":
-        raise UserError(f"--out {out}: the file name must end in .{fmt} for --format {fmt}")
+    fmt = _export_format(out, fmt)
+    given = _parse_size("--size", size) if size else None
     if fmt == "onnx":
         _check_runtime("onnxruntime")
-    cfg = checkpoint_config(checkpoint, config)
-    _check_forward_fits(cfg, h, w, 1, f"--size {size}")
+    cfg = _on_device(checkpoint_config(checkpoint, config), device)
+    h, w = given or (cfg.eval.window_size, cfg.eval.window_size)  # the windows sliding-window inference feeds
+    _check_forward_fits(cfg, h, w, 1, f"--size {size}" if size else f"eval.window_size {h}")
     table = checkpoint_classes(checkpoint)
 
     net = _load_net(cfg, checkpoint, mode="graph")
@@ -633,14 +818,14 @@ def export_cmd(checkpoint, config, out, size, fmt):
 
         export_mindir(net, out, h, w)
         click.echo(f"{checkpoint} -> {out}: input (1,3,{h},{w}) float32 normalized, output (1,{n_cls},{h},{w}) "
-                   f"logits of the {table.dataset} classes")
+                   f"logits of the {table.dataset} classes; traced on {cfg.device_target}")
         return
-    from deploy.onnx_file import export_onnx
+    from deploy.onnx_file import deployment_metadata, export_onnx
 
-    diff = export_onnx(net, out, h, w)
+    diff = export_onnx(net, out, h, w, deployment_metadata(cfg.model, table, h, w))
     click.echo(f"{checkpoint} -> {out}: ONNX opset 17, input (N,3,{h},{w}) float32 normalized, output "
-               f"(N,{n_cls},{h},{w}) logits of the {table.dataset} classes; ONNX Runtime vs MindSpore: max probability "
-               f"difference {diff:.1e}")
+               f"(N,{n_cls},{h},{w}) logits of the {table.dataset} classes; ONNX Runtime vs MindSpore on {cfg.device_target}: max probability "
+               f"difference {diff:.1e}; metadata: mean, std, class names, palette, patch and input size")
 
 
 if __name__ == "__main__":

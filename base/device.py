@@ -7,18 +7,38 @@ import os
 import numpy as np
 import mindspore as ms
 
+from base.errors import UserError
+
+
+class DeviceUnavailable(UserError, RuntimeError):
+    pass
+
 
 _THREADS: list = []  # the CPU kernel thread count once set: MindSpore takes it once per process
 
 
-def setup_context(device_target: str = "CPU", mode: str = "graph", seed: int | None = None,
-                  threads: int | None = None) -> None:
-    """Device, execution mode, seed; on CPU, `threads` kernel threads if given (once per process)."""
+def _set_device(device_target: str) -> None:
+    """MindSpore's device, or DeviceUnavailable naming it where this MindSpore cannot use it (a
+    CPU-only wheel, no driver: set_device raises "Unsupported device target GPU. This process only
+    supports one of the ['CPU']" after logging which library it missed)."""
     try:
         ms.set_device(device_target)
-    except RuntimeError:  # a process may set its device once; a second, equal setting is no change
-        if ms.get_context("device_target") != device_target:
-            raise
+    except RuntimeError as err:  # a process may set its device once; a second, equal setting is no change
+        if ms.get_context("device_target") == device_target:
+            return
+        if not getattr(ms.device_context, device_target.lower()).is_available():
+            reason = str(err).strip().splitlines()[0].split(" Please")[0].rstrip(".")  # MindSpore's own finding
+            raise DeviceUnavailable(f"device {device_target}: MindSpore {ms.__version__} cannot use it on this "
+                                    f"machine ({reason}); choose another with --device or the config's "
+                                    "device_target") from None
+        raise
+
+
+def setup_context(device_target: str = "CPU", mode: str = "graph", seed: int | None = None,
+                  threads: int | None = None) -> None:
+    """Device, execution mode, seed; on CPU, `threads` kernel threads if given (once per process).
+    A device this MindSpore cannot use is a DeviceUnavailable (UserError) naming it."""
+    _set_device(device_target)
     if device_target == "CPU" and threads and not _THREADS:
         # Left at MindSpore's default (25 kernel threads) unless asked: on 2 cores, one thread
         # per core measured no faster (docs/mindspore_notes.md).

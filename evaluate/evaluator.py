@@ -39,23 +39,27 @@ class EvalError(UserError, ValueError):
 
 
 def _no_metrics() -> dict:
-    return {"mIoU": None, "per_class": {}, "categories": {}, "pixel_accuracy": None}
+    return {"mIoU": None, "per_class": {}, "categories": {}, "pixel_accuracy": None, "aAcc": None, "mAcc": None,
+            "IoU": {}, "Acc": {}}
 
 
 def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
                    save_predictions=None, checkpoint: str | None = None,
                    timings: dict | None = None, show_progress: bool = True, rank: int = 0,
-                   group_size: int = 1) -> dict:
+                   group_size: int = 1, progress_stream=None) -> dict:
     """Run `net` over `split` with the settings in `cfg.eval` (those left open: the data set's
     protocol); return the metrics dict.
 
-    Keys: mIoU (in [0, 1]), per_class {class name: IoU or None}, categories {name: IoU or None}
-    (Cityscapes only), pixel_accuracy, images, seconds. A split without ground truth (test) yields
-    None scores. `save_predictions` (a folder) receives the predictions in the data set's label
+    Keys: those of `evaluate.metrics.compute_metrics` (mIoU in [0, 1], per_class / IoU / Acc
+    {class name: score or None}, categories (Cityscapes only), pixel_accuracy = aAcc, mAcc),
+    confusion (pixel counts, rows the ground-truth classes, columns the predicted ones: a list of
+    n_cls lists of n_cls ints; None without ground truth), images, seconds. A split without ground
+    truth (test) yields None scores. `save_predictions` (a folder) receives the predictions in the data set's label
     encoding and colour PNGs (`evaluate.prediction_sets`), complete or not at all.
     `timings`, if given, is filled with seconds spent waiting for input, in sliding-window
     inference (the argmax included: it runs band by band there; the `argmax` entry stays 0, kept
     for bench/bench_eval.py's side-by-side table), in metric accumulation and in writing predictions.
+    `progress_stream`: where the progress goes (default stderr; `base.progress.Progress`).
     """
     table = data_classes(data_root, split)
     check_classes(cfg.model.n_cls, table, checkpoint or "the config", Path(data_root) / split, trained=True)
@@ -70,7 +74,7 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     with prediction_set(save_predictions, split=split, checkpoint=checkpoint, table=table,
                         label_offset=data_label_offset(data_root, split)) as writer:
         scoring = _Scoring(net, cfg, table, split, split_dir, writer)
-        progress = Progress(total, f"eval {split}", "img") if show_progress else None
+        progress = Progress(total, f"eval {split}", "img", stream=progress_stream) if show_progress else None
         was_training = net.training
         net.set_train(False)
         start = time.perf_counter()
@@ -87,7 +91,9 @@ def evaluate_split(net, cfg: Config, data_root, split: str, max_images: int = 0,
     counts = all_reduce_counts(np.append(scoring.cm.matrix.ravel(), scoring.done), group_size)
     matrix, images = counts[:-1].reshape(scoring.cm.matrix.shape), int(counts[-1])
     result = compute_metrics(matrix, table) if scoring.has_gt else _no_metrics()
-    result.update(images=images, seconds=time.perf_counter() - start)
+    # Predictions are argmax class indices: the matrix's void column (evaluate.metrics) stays empty.
+    result.update(confusion=matrix[:, :table.n_cls].tolist() if scoring.has_gt else None, images=images,
+                  seconds=time.perf_counter() - start)
     return result
 
 
@@ -140,7 +146,7 @@ class _Scoring:
 
 
 METRICS_TOOL = "segmenter-mindspore eval"  # the `written_by` of every metrics file: our proof of ownership
-_MAX_METRICS_BYTES = 1 << 22  # a 255-class metrics file is a few tens of KB
+_MAX_METRICS_BYTES = 1 << 22  # well above a 255-class metrics file with its confusion counts
 
 
 def write_metrics_json(metrics: dict, path) -> None:

@@ -6,9 +6,11 @@ The matrix has one row per ground-truth class and one column per predicted class
 ignored id as a miss (false negative) for its ground-truth class but as nobody's false positive,
 and that needs its own column. Ground-truth ignore pixels are dropped.
 
-mmseg's scores (`mmseg.core.mean_iou`): per class, intersection and union summed over the data
-set's images; IoU = intersection / union, NaN for a class with no union; mIoU the NaN-mean of
-the IoUs (`np.nanmean`); aAcc (`pixel_accuracy`) = correct pixels / labelled pixels.
+mmseg's scores (`mmseg.core.evaluation.eval_metrics`, metric mIoU): per class, intersection,
+union and ground-truth area summed over the data set's images; IoU = intersection / union, Acc =
+intersection / ground-truth area, NaN for a class with no union (no area); mIoU and mAcc the
+NaN-means (`np.nanmean`); aAcc (`pixel_accuracy`) = correct pixels / labelled pixels. Every data
+set gets mmseg's Acc, mAcc and aAcc; Cityscapes' IoU keeps the toolkit's semantics below.
 
 Cityscapes' scores (as in the official script):
 - class IoU = tp / (tp + fp + fn); NaN when the class is absent from the ground truth and never
@@ -25,7 +27,7 @@ import math
 import numpy as np
 
 from base.class_table import CITYSCAPES, ClassTable
-from base.labels import CATEGORIES, CLASS_NAMES, IGNORE, NUM_CLASSES, category_of_class
+from base.labels import CATEGORIES, IGNORE, NUM_CLASSES, category_of_class
 
 
 class ConfusionMatrix:
@@ -95,38 +97,45 @@ def _none_if_nan(x: float):
     return None if math.isnan(x) else float(x)
 
 
-def mmseg_scores(matrix: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(per-class IoU, mIoU, aAcc) of mmseg's `mean_iou` from the summed (n, n + 1) matrix."""
+def _nanmean(scores: np.ndarray) -> float:
+    return float(np.nanmean(scores)) if not np.isnan(scores).all() else math.nan
+
+
+def mmseg_scores(matrix: np.ndarray) -> dict:
+    """mmseg's `eval_metrics` from the summed (n, n + 1) matrix: per-class IoU and Acc (arrays, NaN
+    where undefined), mIoU, mAcc, aAcc (floats, NaN where undefined)."""
     n = matrix.shape[0]
     intersect = np.diag(matrix[:, :n]).astype(np.float64)
     area_label = matrix.sum(axis=1).astype(np.float64)
     union = matrix[:, :n].sum(axis=0) + area_label - intersect
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = intersect / union
+        iou, acc = intersect / union, intersect / area_label
         all_acc = intersect.sum() / area_label.sum()
-    return iou, float(np.nanmean(iou)) if not np.isnan(iou).all() else math.nan, float(all_acc)
+    return {"IoU": iou, "Acc": acc, "mIoU": _nanmean(iou), "mAcc": _nanmean(acc), "aAcc": float(all_acc)}
+
+
+def _per_class(names, scores) -> dict:
+    return {name: _none_if_nan(v) for name, v in zip(names, scores)}
 
 
 def compute_metrics(matrix: np.ndarray, table: ClassTable = CITYSCAPES) -> dict:
     """The metrics dict (JSON-ready: NaN becomes None) from an (n, n + 1) confusion matrix of the
     classes of `table`: Cityscapes' official scores for Cityscapes' table, mmseg's otherwise
-    (`categories` then empty)."""
+    (`categories` then empty). Both get mmseg's accuracies: aAcc (= pixel_accuracy), mAcc and per-class
+    Acc; `IoU` repeats `per_class` under mmseg's name."""
     n = table.n_cls
     if matrix.shape != (n, n + 1):
         raise ValueError(f"expected a ({n}, {n + 1}) confusion matrix, got {matrix.shape}")
-    if table != CITYSCAPES:
-        ious, miou, all_acc = mmseg_scores(matrix)
-        return {"mIoU": _none_if_nan(miou), "per_class": {name: _none_if_nan(v) for name, v in zip(table.names, ious)},
-                "categories": {}, "pixel_accuracy": _none_if_nan(all_acc)}
-    ious = class_iou(matrix)
-    cats = category_iou(matrix)
-    total = int(matrix.sum())
-    return {
-        "mIoU": _none_if_nan(_mean(ious)),
-        "per_class": {name: _none_if_nan(v) for name, v in zip(CLASS_NAMES, ious)},
-        "categories": {name: _none_if_nan(v) for name, v in zip(CATEGORIES, cats)},
-        "pixel_accuracy": _none_if_nan(_ratio(int(np.trace(matrix[:, :NUM_CLASSES])), total)),
-    }
+    mm = mmseg_scores(matrix)
+    if table == CITYSCAPES:
+        ious = class_iou(matrix)
+        miou, categories = _mean(ious), _per_class(CATEGORIES, category_iou(matrix))
+    else:
+        ious, miou, categories = mm["IoU"], mm["mIoU"], {}
+    return {"mIoU": _none_if_nan(miou), "per_class": _per_class(table.names, ious), "categories": categories,
+            "pixel_accuracy": _none_if_nan(mm["aAcc"]), "aAcc": _none_if_nan(mm["aAcc"]),
+            "mAcc": _none_if_nan(mm["mAcc"]), "IoU": _per_class(table.names, ious),
+            "Acc": _per_class(table.names, mm["Acc"])}
 
 
 NAME_WIDTH = 20  # a class's first name, cut to this: ADE20K's synonym lists run past 100 characters
@@ -138,24 +147,29 @@ def _pct(v) -> str:
     return "    n/a" if v is None else f"{100 * v:7.2f}"
 
 
-def _class_rows(per_class: dict) -> list:
-    """One `name  IoU` cell per class; a long table is laid out in columns, read top to bottom."""
+def _class_rows(metrics: dict) -> list:
+    """One `name  IoU  Acc` cell per class; a long table is laid out in columns, read top to bottom."""
+    per_class = metrics["per_class"]
     names = [name.split(",")[0].strip()[:NAME_WIDTH] for name in per_class]
     width = max(16, max(len(n) for n in names) + 1)
-    cells = [f"{name:<{width}}{_pct(v)}" for name, v in zip(names, per_class.values())]
+    cells = [f"{name:<{width}}{_pct(iou)}{_pct(metrics['Acc'][key])}"
+             for name, (key, iou) in zip(names, per_class.items())]
+    head = f"{'class':<{width}}{'IoU %':>7}{'Acc %':>7}"
     if len(cells) <= LONG_TABLE:
-        return [f"{'class':<{width}}{'IoU %':>7}", "-" * (width + 7)] + cells
+        return [head, "-" * len(head)] + cells
     rows = -(-len(cells) // TABLE_COLUMNS)
     columns = [cells[i:i + rows] for i in range(0, len(cells), rows)]
-    header = "   ".join(f"{'class':<{width}}{'IoU %':>7}" for _ in columns)
+    header = "   ".join(head for _ in columns)
     lines = ["   ".join(col[r] for col in columns if r < len(col)) for r in range(rows)]
     return [header, "-" * len(header)] + lines
 
 
 def format_table(metrics: dict) -> str:
-    """A readable table of per-class (and, for Cityscapes, per-category) IoU (percent) and the summary lines."""
-    lines = _class_rows(metrics["per_class"])
-    lines += ["-" * 23, f"{'mIoU':<16}{_pct(metrics['mIoU'])}", ""]
+    """A readable table of per-class IoU and accuracy (percent), for Cityscapes per-category IoU, and
+    the summary lines (mIoU, mmseg's mAcc and aAcc, pixel accuracy)."""
+    lines = _class_rows(metrics)
+    lines += ["-" * 23, f"{'mIoU':<16}{_pct(metrics['mIoU'])}", f"{'mAcc':<16}{_pct(metrics['mAcc'])}",
+              f"{'aAcc':<16}{_pct(metrics['aAcc'])}", ""]
     if metrics["categories"]:
         lines += [f"{'category':<16}{'IoU %':>7}", "-" * 23]
         lines += [f"{name:<16}{_pct(v)}" for name, v in metrics["categories"].items()]

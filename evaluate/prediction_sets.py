@@ -2,13 +2,15 @@
 
 Layout of DIR for Cityscapes:
     labelIds/{city}/{id}.png   labelIds (uint8, one file per image: the submission format)
-    color/{city}/{id}.png      Cityscapes palette blended 50 % over the image
+    color/{city}/{id}.png      the prediction in the Cityscapes palette (as predict's {stem}_color.png)
+    overlay/{city}/{id}.png    that palette blended 50 % over the image
     manifest.json              split, checkpoint, image count; written last
 for every other data set (a record's id is its image's path under the image folder), the labels
 in the source's encoding (`label_offset`: 1 where the build moved them down by one, so ADE20K's
 files hold class index + 1, the challenge's format):
     {id}.png                   class index + label_offset (uint8)
-    color/{id}.png             the data set's palette blended 50 % over the image
+    color/{id}.png             the prediction in the data set's palette
+    overlay/{id}.png           that palette blended 50 % over the image
     manifest.json
 
 Files are written into a hidden sibling `.DIR.partial-XXXX` that is renamed to DIR only after
@@ -37,6 +39,7 @@ from base.ownership import check_replaceable_dir, make_staging, output_folder, s
 from mindrecords.schema import check_path_field
 
 MANIFEST = "manifest.json"
+PICTURES = ("color", "overlay")  # beside the labels: the palette alone, and blended over the image
 KIND = "prediction set"
 
 
@@ -83,18 +86,20 @@ class PredictionWriter:
             raise PredictionError(f"{self.out}: cannot write predictions here ({err.strerror or err})") from None
         if table == CITYSCAPES:
             self.lut, self.labels = train_to_label_lut(), "labelIds"
-            self.layout = {"labelIds": "labelIds/{city}/{id}.png", "color": "color/{city}/{id}.png"}
+            self.layout = {"labelIds": "labelIds/{city}/{id}.png", "color": "color/{city}/{id}.png",
+                           "overlay": "overlay/{city}/{id}.png"}
         else:
             self.lut, self.labels = np.zeros(256, np.uint8), ""
             self.lut[:table.n_cls] = np.arange(table.n_cls) + label_offset
-            self.layout = {"labels": "{id}.png", "label_offset": label_offset, "color": "color/{id}.png"}
+            self.layout = {"labels": "{id}.png", "label_offset": label_offset, "color": "color/{id}.png",
+                           "overlay": "overlay/{id}.png"}
         # PNG encoding (cv2 releases the GIL) overlaps with inference on the next image.
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: list[Future] = []
         self.count = 0
 
     def add(self, city: str, image_id: str, train_ids: np.ndarray, rgb: np.ndarray) -> None:
-        paths = [self._member(sub, city, image_id) for sub in (self.labels, "color")]
+        paths = [self._member(sub, city, image_id) for sub in (self.labels, *PICTURES)]
         self._drain(keep=1)  # at most two images in flight bounds memory
         self.pending.append(self.pool.submit(self._write, paths, train_ids, rgb))
         self.count += 1
@@ -110,14 +115,15 @@ class PredictionWriter:
         except ValueError as err:
             raise PredictionError(f"{err}: it names a file outside the prediction folder; nothing written") from None
         path = Path(sub, *folders, f"{image_id}.png")
-        if not sub and path.parts[0] == "color":
+        if not sub and path.parts[0] in PICTURES:
             raise PredictionError(f"{self.out}: record city {city!r}, id {image_id!r}: its prediction would lie in "
-                                  "color/, the folder of the colour images; nothing written")
+                                  f"{path.parts[0]}/, a folder of the colour images; nothing written")
         return self.staging / path
 
     def _write(self, paths: list, train_ids: np.ndarray, rgb: np.ndarray) -> None:
         # Straight into the private staging folder: the set is swapped in whole (`commit`).
-        for path, image in zip(paths, (self.lut[train_ids], overlay(rgb, train_ids, table=self.table))):
+        images = (self.lut[train_ids], self.table.colorize(train_ids), overlay(rgb, train_ids, table=self.table))
+        for path, image in zip(paths, images):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(png_bytes(image))
 

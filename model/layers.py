@@ -101,14 +101,20 @@ class Attention(nn.Cell):
         self.av = ops.BatchMatMul()
         self.softmax = Softmax()
 
-    def construct(self, x):
-        b, n, c = x.shape
+    def attend(self, x):
+        """Per-head attention probabilities (B, heads, N, N) before dropout, and the values
+        (B, heads, N, hd), of tokens x (B, N, d): `construct` mixes the values with them, and the
+        attention maps (analysis/attention_maps.py) read the probabilities."""
+        b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         # Scale q (N x hd) rather than the N x N scores: same math, one less N x N tensor.
-        attn = self.softmax(self.qk(q * self.scale, k))
-        attn = self.attn_drop(attn)
-        x = self.av(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c)
+        return self.softmax(self.qk(q * self.scale, k)), v
+
+    def construct(self, x):
+        b, n, c = x.shape
+        attn, v = self.attend(x)
+        x = self.av(self.attn_drop(attn), v).transpose(0, 2, 1, 3).reshape(b, n, c)
         return self.proj_drop(self.proj(x))
 
 

@@ -46,7 +46,10 @@ class ModelConfig:
     mean: List[float] = field(default_factory=lambda: [127.5, 127.5, 127.5])
     std: List[float] = field(default_factory=lambda: [127.5, 127.5, 127.5])
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    # A converted checkpoint (.ckpt) or a Google ViT .npz; None trains from scratch.
+    # The weights a new run starts from: a Google ViT .npz (each recipe names the ImageNet checkpoint
+    # its backbone expects, docs/weights.md#pretrained-weights), a converted .ckpt, or `none`
+    # (FROM_SCRATCH). Left null, training refuses to start: a run never starts from random weights
+    # by omission.
     pretrained: Optional[str] = None
 
 
@@ -125,11 +128,15 @@ class TrainConfig:
     recompute: bool = False
     # Micro-batches per optimizer update: global batch = batch_size x ranks x accumulate.
     accumulate: int = 1
+    # The recipe's global batch (null: none stated); a run at another one says so when it starts.
+    global_batch: Optional[int] = None
     loss_scale: LossScaleConfig = field(default_factory=LossScaleConfig)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     eval_every: int = 4000  # 0 disables periodic validation
     log_every: int = 10
+    # TensorBoard event files in RUN/tensorboard/ (train/events.py); metrics.jsonl is written either way.
+    tensorboard: bool = True
     # Stop after this many consecutive non-finite losses (each one halves the dynamic loss scale).
     nonfinite_patience: int = 5
 
@@ -161,6 +168,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+
+# `model.pretrained: none`: the run starts from random weights, said explicitly.
+FROM_SCRATCH = "none"
 
 # Keys that no longer mean anything: old configs (and runs' config.yaml) holding them still load,
 # the value is ignored.
@@ -258,6 +268,8 @@ def _check_model(cfg: Config) -> None:
         raise ConfigError("model.mean and model.std must have 3 values (RGB)")
     if min(m.std) <= 0:
         raise ConfigError(f"model.std ({m.std}) must be positive")
+    if m.pretrained is not None and not m.pretrained.strip():
+        raise ConfigError(f"model.pretrained is empty: name the weights file, or {FROM_SCRATCH} to train from scratch")
 
 
 def _positive_range(key: str, values) -> None:
@@ -379,6 +391,8 @@ def _check_train(cfg: Config) -> None:
                           f"(train.step_graph resolves to {graph}, model.dropout={cfg.model.dropout}); the per-block "
                           "step recomputes its blocks already")
     _at_least("train.accumulate", t.accumulate, 1)
+    if t.global_batch is not None:
+        _at_least("train.global_batch", t.global_batch, 1)
     for key in ("checkpoint_every", "log_every", "nonfinite_patience"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive")

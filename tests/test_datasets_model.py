@@ -26,7 +26,8 @@ TABLE = ClassTable("shapes", ("ground", "disc", "bar"), ((1, 2, 3), (250, 0, 250
 TINY = {
     "seed": 0,
     "model": {"d_model": 32, "n_heads": 2, "n_layers": 1, "patch_size": 8, "image_size": [32, 32],
-              "drop_path_rate": 0.0, "decoder": {"name": "linear", "n_layers": 0, "dropout": 0.0}},
+              "drop_path_rate": 0.0, "decoder": {"name": "linear", "n_layers": 0, "dropout": 0.0},
+              "pretrained": "none"},
     "data": {"crop_size": 32, "base_size": [64, 32], "ratio_range": [1.0, 1.0], "num_parallel_workers": 1,
              "photometric": {"enabled": False}},
     "train": {"iterations": 2, "batch_size": 2, "checkpoint_every": 2, "eval_every": 0, "log_every": 1},

@@ -24,7 +24,8 @@ N_VAL = 3
 TINY = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.decoder.n_layers=1",
         "model.image_size=[64,64]", "model.drop_path_rate=0.0", "eval.window_size=64", "eval.window_stride=48",
         "eval.infer_size=0", "eval.batch_windows=3", "mode=pynative", "data.num_parallel_workers=1"]
-JSON_KEYS = {"written_by", "mIoU", "per_class", "categories", "pixel_accuracy", "images", "seconds"}
+JSON_KEYS = {"written_by", "mIoU", "per_class", "categories", "pixel_accuracy", "aAcc", "mAcc", "IoU", "Acc",
+             "confusion", "images", "seconds"}
 
 
 def run(*args):
@@ -246,7 +247,7 @@ def test_interrupted_run_keeps_the_previous_complete_set(built, tmp_path):
     preds = tmp_path / "preds"
     first = evaluate_split(net, cfg, built["out"], "val", save_predictions=preds, show_progress=False)
     before = {p.relative_to(preds): p.read_bytes() for p in preds.rglob("*") if p.is_file()}
-    assert first["images"] == N_VAL and len(before) == 2 * N_VAL + 2  # + manifest.json and the ownership marker
+    assert first["images"] == N_VAL and len(before) == 3 * N_VAL + 2  # + manifest.json and the ownership marker
 
     class Interrupting:
         """The network, interrupted (Ctrl-C) in the middle of the second image."""

@@ -178,4 +178,5 @@ def test_export_mindir_runs_and_matches(ckpt, tmp_path):
     x = ms.Tensor(np.random.RandomState(0).randn(1, 3, 40, 56).astype(np.float32))
     np.testing.assert_allclose(graph(x).asnumpy(), net(x).asnumpy(), atol=1e-5)
     fail("export", "--checkpoint", ckpt, "--out", tmp_path / "x.mindir", "--size", "40by56", match="--size")
-    fail("export", "--checkpoint", ckpt, "--out", tmp_path / "x.onnx", "--size", "40x56", match="must end in .mindir")
+    fail("export", "--checkpoint", ckpt, "--out", tmp_path / "x.onnx", "--size", "40x56", "--format", "mindir",
+         match="must end in .mindir")

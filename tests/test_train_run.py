@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "seed": 0,
     "model": {"d_model": 32, "n_heads": 2, "n_layers": 2, "patch_size": 8, "image_size": [64, 64],
-              "drop_path_rate": 0.2, "decoder": {"name": "mask_transformer", "n_layers": 1, "dropout": 0.0}},
+              "drop_path_rate": 0.2, "decoder": {"name": "mask_transformer", "n_layers": 1, "dropout": 0.0},
+              "pretrained": "none"},
     "data": {"crop_size": 64, "base_size": [256, 128], "ratio_range": [0.5, 1.0], "num_parallel_workers": 1},
     "train": {"iterations": 6, "batch_size": 2, "checkpoint_every": 3, "eval_every": 3, "log_every": 2,
               "keep_checkpoints": 2, "optimizer": {"lr": 0.05}},

@@ -4,7 +4,9 @@ Data order: epoch e reads `train_dataset(..., epoch_seed=e)`; a step (one update
 `train.accumulate` batches. A run resumed at step s rebuilds epoch s // steps_per_epoch and skips
 the batches of its first s % steps_per_epoch steps, so it sees the same batches, with the same
 augmentation, as an uninterrupted run. The learning rate is `lr_at(step)`; a skipped
-(overflowing) step still consumes its batches and its lr position.
+(overflowing) step still consumes its batches and its lr position. A resume that extends the run
+(train.iterations / train.epochs) recomputes the schedule over the new length from the resumed step.
+SIGINT/SIGTERM end the run after the step in flight with that step's checkpoint (`train.stop`).
 RUN's layout and the checks before a run starts are in `train.run_folder`.
 """
 from __future__ import annotations
@@ -28,10 +30,17 @@ from pipelines.train_pipeline import train_dataset
 from settings.schema import Config, resolved_step_graph, with_eval_protocol
 from train.checkpoint import BEST, TrainError, TrainingCheckpoint, read_checkpoint, restore, rotate, \
     save_training_checkpoint, step_checkpoint_name
-from train.initial_weights import initial_net
-from train.run_folder import Run
+from train.events import TrainEvents
+from train.initial_weights import check_initial_weights, initial_net
+from train.run_folder import RESUME_LENGTH, Run, config_differences
 from train.schedule import lr_at
+from train.stop import StopRequest
 from train.validation import validate
+
+
+def _run_length(t, steps_per_epoch: int) -> int:
+    """Steps of a run: train.iterations if set, else train.epochs x steps per epoch."""
+    return t.iterations if t.iterations > 0 else t.epochs * steps_per_epoch
 
 
 @dataclass
@@ -45,6 +54,10 @@ class TrainResult:
     losses: list = field(default_factory=list)  # (step, loss) of every step this session ran
     batch_digests: list = field(default_factory=list)  # filled when record_batches=True
     net: object = None
+    stopped_by: int | None = None  # the signal that ended the run before its last step
+    finished_before: bool = False  # resumed a run that had already finished: nothing trained
+    at_step: int = 0  # the step the run ended at
+    length: tuple = ()  # (the key that sets the run's length, its value), e.g. ("train.iterations", 200)
 
 
 def with_data(cfg: Config, data_root, source="the config") -> Config:
@@ -120,7 +133,7 @@ class _Session:
         if self.steps_per_epoch == 0:
             raise TrainError(f"train.accumulate: {batches} batch(es) per epoch and rank cannot make one update of "
                              f"{t.accumulate} micro-batches")
-        self.total = t.iterations if t.iterations > 0 else t.epochs * self.steps_per_epoch
+        self.total = _run_length(t, self.steps_per_epoch)
         if self.total <= 0:
             raise TrainError("train.epochs / train.iterations: the run has no steps")
         if checkpoint is not None:
@@ -134,10 +147,11 @@ class _Session:
         self.step, self.best_miou, self.best_step = 0, -1.0, -1
         if checkpoint is not None:
             self._restore(checkpoint)
-        run.start(cfg, self.step if checkpoint is not None else None)
+        run.start(cfg, self.step if checkpoint is not None else None, log)
         self.result = TrainResult(steps=self.total, last_checkpoint=None, best_miou=None, seconds=0.0, rank=rank,
                                   group_size=group_size)
         self.window, self.window_time, self.nonfinite = [], 0.0, 0
+        self.events = TrainEvents(run, cfg, self.step)
 
     def _restore(self, checkpoint: TrainingCheckpoint) -> None:
         state = restore(checkpoint, self.net, self.opt_params, self.scaler)
@@ -147,6 +161,27 @@ class _Session:
                              "data or the number of workers changed, so the data order cannot be continued")
         self.step, self.best_miou, self.best_step = state["step"], state["best_miou"], state["best_step"]
         self.log(f"resumed from {self.resume_from} at step {self.step}/{self.total}")
+        if checkpoint.config is not None:
+            self._check_length(checkpoint.config)
+
+    def _check_length(self, saved: Config) -> None:
+        """A resume that changed the run's length (RESUME_LENGTH) from `saved`, the checkpoint's
+        config: it must move the end beyond the resumed step; the schedule follows the new length."""
+        t = self.cfg.train
+        changed = [key for key, _, _ in config_differences(saved, self.cfg) if key in RESUME_LENGTH]
+        if not changed:
+            return
+        was = _run_length(saved.train, self.steps_per_epoch)
+        setting = "train.iterations" if t.iterations > 0 else "train.epochs"
+        if was == self.total:
+            raise TrainError(f"{', '.join(changed)}: the run stays {self.total} steps long ({setting} decides its "
+                             f"length); to extend it, --set {setting}=N with N beyond the current value")
+        if self.total <= self.step:
+            raise TrainError(f"{setting}: the run would end at step {self.total}, but {self.resume_from} is at step "
+                             f"{self.step} already; give a length beyond step {self.step}")
+        lr_was, lr_now = (lr_at(self.step, total, t.optimizer.lr, t.schedule) for total in (was, self.total))
+        self.log(f"run length {was} -> {self.total} steps ({setting}): the {t.schedule.name} schedule is recomputed "
+                 f"over {self.total} steps from step {self.step} (lr there {lr_was:.3e} -> {lr_now:.3e})")
 
     @property
     def global_batch(self) -> int:
@@ -159,28 +194,60 @@ class _Session:
                 "steps_per_epoch": self.steps_per_epoch, "group_size": self.group_size,
                 "best_miou": float(self.best_miou), "best_step": self.best_step}, self.dataset)
 
+    def _global_batch_note(self) -> str | None:
+        """What to change when the run's global batch is not the recipe's (train.global_batch)."""
+        t, want = self.cfg.train, self.cfg.train.global_batch
+        if want is None or want == self.global_batch:
+            return None
+        fixes = []
+        if want % (t.batch_size * self.group_size) == 0:
+            fixes.append(f"set train.accumulate={want // (t.batch_size * self.group_size)}")
+        if want % (t.batch_size * t.accumulate) == 0:
+            fixes.append(f"run {want // (t.batch_size * t.accumulate)} ranks with msrun")
+        fix = " or ".join(fixes) or f"make train.batch_size x ranks x train.accumulate equal {want}"
+        return (f"note: global batch {self.global_batch} ({self.group_size} rank(s) x batch {t.batch_size} x accumulate "
+                f"{t.accumulate}) differs from the recipe's train.global_batch {want}: {fix} (docs/training.md)")
+
     def run_all(self, record_batches: bool) -> TrainResult:
+        self.progress = None
+        # From before the run's first line: once it is printed, a signal is a stop request.
+        with StopRequest(self.say) as self.stop:
+            return self._run_all(record_batches)
+
+    def _run_all(self, record_batches: bool) -> TrainResult:
         t = self.cfg.train
         graph = resolved_step_graph(self.cfg) + (" + recompute" if t.recompute else "")
         self.log(f"rank {self.rank}/{self.group_size}: {self.steps_per_epoch} steps/epoch of {t.accumulate} x batch "
                  f"{t.batch_size} (global batch {self.global_batch}), {self.total} steps, amp {t.amp_level}, "
-                 f"{self.cfg.mode} mode, {graph.replace('_', '-')} step graph")
-        progress = Progress(self.total - self.step, "train", "step") if self.run.writer else None
-        while self.step < self.total:
+                 f"{self.cfg.mode} mode on {self.cfg.device_target}, {graph.replace('_', '-')} step graph")
+        note = self._global_batch_note()
+        if note and self.run.writer:
+            self.log(note)
+        if self.step >= self.total:  # resumed a finished run: nothing left to do
+            self.result.last_checkpoint, self.result.finished_before = str(self.resume_from), True
+        self.progress = Progress(self.total - self.step, "train", "step") if self.run.writer else None
+        while self.step < self.total and self.result.stopped_by is None:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
-            if not self._epoch(epoch, skip, progress, record_batches):
+            if not self._epoch(epoch, skip, record_batches):
                 raise TrainError(f"{self.data_root}/{self.cfg.data.train_split}: epoch {epoch} yielded no batch "
                                  f"after skipping {skip}")
-        if progress is not None:
-            progress.close()
-        if self.result.last_checkpoint is None and self.resume_from is not None:
-            self.result.last_checkpoint = str(self.resume_from)  # resumed a finished run: nothing left to do
-            self.log(f"the run had already finished: {self.resume_from} is at step {self.step}/{self.total}")
+        if self.progress is not None:
+            self.progress.close()
+        self.events.close()
+        self.result.at_step = self.step
+        self.result.length = ("train.iterations", t.iterations) if t.iterations > 0 else ("train.epochs", t.epochs)
         self.result.best_miou = self.best_miou if self.best_miou >= 0 else None
         self.result.net = self.net
         return self.result
 
-    def _epoch(self, epoch: int, skip: int, progress, record_batches: bool) -> bool:
+    def say(self, line: str) -> None:
+        """`log` a line; on a terminal the step bar's line is cleared first (it is redrawn at the next step)."""
+        if self.progress is not None and self.progress.tty:
+            self.progress.stream.write("\r\033[K")
+            self.progress.stream.flush()
+        self.log(line)
+
+    def _epoch(self, epoch: int, skip: int, record_batches: bool) -> bool:
         """Train on epoch `epoch` from batch `skip` on; False if it yielded no batch to train."""
         data = train_dataset(self.cfg, self.data_root, self.rank, self.group_size, epoch_seed=epoch)
         batches = read_batches(data, self.data_root, self.cfg.data.train_split, f"epoch {epoch}")
@@ -200,8 +267,20 @@ class _Session:
                 self.result.batch_digests.extend(hashlib.sha1(label.asnumpy().tobytes()).hexdigest()
                                                  for _, label, _ in group)
             group = []
-            self._record(epoch, loss, finite, scale, lr, seconds, progress)
+            self._record(epoch, loss, finite, scale, lr, seconds)
+            signum = self.stop.agreed(self.group_size)  # a collective: every rank, every step
+            if signum is not None and self.step < self.total:
+                self._stop(signum)
+                break
         return self.step > start
+
+    def _stop(self, signum: int) -> None:
+        """End the run after this step on `signum`: this step's ordinary checkpoint (written now if
+        the cadence did not), from which a resume continues exactly as if never stopped."""
+        path = self.run.ckpt_dir / step_checkpoint_name(self.step)
+        if self.result.last_checkpoint != str(path):
+            self._write_step_checkpoint(path)
+        self.result.stopped_by = signum
 
     def _take_step(self, group: list, lr: float):
         from train.step import lr_tensor
@@ -227,41 +306,48 @@ class _Session:
                 f"(last checkpoint: {self.result.last_checkpoint or 'none'}). Lower train.optimizer.lr, "
                 "use train.amp_level=O0 or check the data")
 
-    def _record(self, epoch: int, loss: float, finite: bool, scale: float, lr: float, seconds: float,
-                progress) -> None:
+    def _record(self, epoch: int, loss: float, finite: bool, scale: float, lr: float, seconds: float) -> None:
         """Log the step just taken; validate and checkpoint when due."""
         t, step = self.cfg.train, self.step
         self.window_time += seconds
         self._check_finite(loss)
         if not finite:
-            self.log(f"step {step}: gradients overflowed at loss scale {scale:g}; update skipped")
+            self.say(f"step {step}: gradients overflowed at loss scale {scale:g}; update skipped")
             self.run.log({"type": "skip", "step": step, "loss_scale": scale,
                           "loss": loss if math.isfinite(loss) else None})
-        if progress is not None:
-            progress.update(1, postfix=f"step {step}/{self.total} loss {loss:.4f} lr {lr:.3e} "
+        if self.progress is not None:
+            self.progress.update(1, postfix=f"step {step}/{self.total} loss {loss:.4f} lr {lr:.3e} "
                                        f"{seconds * 1000:.0f} ms/step {self.global_batch / seconds:.2f} samples/s")
         last = step == self.total
         if step % t.log_every == 0 or last:
             n = max(len(self.window), 1)
-            self.run.log({"type": "train", "step": step, "epoch": epoch,
-                          "loss": float(np.mean(self.window)) if self.window else None, "lr": lr,
-                          "loss_scale": scale, "step_time": self.window_time / n,
-                          "samples_per_s": self.global_batch * n / max(self.window_time, 1e-9)})
+            record = {"type": "train", "step": step, "epoch": epoch,
+                      "loss": float(np.mean(self.window)) if self.window else None, "lr": lr,
+                      "loss_scale": scale, "step_time": self.window_time / n,
+                      "samples_per_s": self.global_batch * n / max(self.window_time, 1e-9)}
+            self.run.log(record)
+            self.events.train(record)
             self.window, self.window_time = [], 0.0
         # The step's checkpoint comes first: a validation that fails (or is killed) cannot cost it.
         path = None
         if step % t.checkpoint_every == 0 or last:
             path = self.run.ckpt_dir / step_checkpoint_name(step)
-            self.checkpoint(path)
-            self.result.last_checkpoint = str(path)
-            if self.run.writer:
-                rotate(self.run.ckpt_dir, t.keep_checkpoints)
-                self.run.draw()
+            self._write_step_checkpoint(path)
         if t.eval_every > 0 and (step % t.eval_every == 0 or last):
             self._validate(path)
 
+    def _write_step_checkpoint(self, path: Path) -> None:
+        self.checkpoint(path)
+        self.result.last_checkpoint = str(path)
+        if self.run.writer:
+            rotate(self.run.ckpt_dir, self.cfg.train.keep_checkpoints)
+            self.run.draw()
+
     def _validate(self, step_checkpoint: Path | None) -> None:
-        miou = validate(self.net, self.cfg, self.data_root, self.step, self.run, self.log, self.rank, self.group_size)
+        if self.progress is not None and self.progress.tty:
+            self.progress.stream.write("\n")  # the step bar's line stays; validation's progress goes below it
+        miou = validate(self.net, self.cfg, self.data_root, self.step, self.run, self.say, self.rank, self.group_size,
+                        self.events)
         if miou is not None and miou > self.best_miou:
             self.best_miou, self.best_step = miou, self.step
             self.checkpoint(self.run.ckpt_dir / BEST)
@@ -271,15 +357,23 @@ class _Session:
 
 
 def train(cfg: Config, data_root, out_dir, resume: bool = False, given_config: bool = True,
-          record_batches: bool = False, log=print, config_source="the config") -> TrainResult:
+          record_batches: bool = False, log=print, config_source="the config", overrides=(),
+          device: str | None = None) -> TrainResult:
     """Run (or resume) training as configured; see `train.run_folder` for RUN's layout.
-    `config_source` names the config in a refusal."""
+    `config_source` names the config in a refusal; `overrides` (KEY=VALUE) apply to RUN/config.yaml
+    when resuming without a config (e.g. a longer train.iterations extends the run). A run ended by
+    SIGINT/SIGTERM returns with `stopped_by` set. `device` (--device) replaces the config's
+    device_target for this invocation, new run or resume."""
     start_time = time.perf_counter()
     if cfg is not None:  # before RUN exists: a config the data refuses leaves nothing behind
         cfg = with_data(cfg, data_root, config_source)
+    if not resume:
+        check_initial_weights(cfg)
     run = Run(out_dir, writer=False)
     with run.hold():  # from before the first check of RUN to the last write
-        cfg, resume_from = run.prepare(cfg, resume, given_config, log)
+        cfg, resume_from = run.prepare(cfg, resume, given_config, log, overrides)
+        if device is not None:  # where it runs, not what it computes: RUN/config.yaml keeps its own
+            cfg.device_target = device
         setup_context(cfg.device_target, cfg.mode, cfg.seed)
         rank, group_size = init_distributed()
         run.writer = rank == 0

@@ -4,12 +4,14 @@ Layout of RUN (written by rank 0 only):
     config.yaml            the resolved config the run started with (a resume checks it is unchanged)
     metrics.jsonl          one JSON record per log interval / validation / skipped step
     curves.png             loss, lr and validation mIoU against the step
+    tensorboard/           TensorBoard event files (`train.events`; train.tensorboard: false turns them off)
     checkpoints/step_NNNNNNN.ckpt (+ .yaml)   the last `train.keep_checkpoints`
     checkpoints/best.ckpt (+ .yaml)           best validation mIoU so far
     .segmenter.lock        held by the run's processes while it runs (`base.locks`)
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from contextlib import contextmanager
@@ -17,14 +19,17 @@ from pathlib import Path
 
 from base.atomic import write_text_atomic
 from base.locks import LOCK_NAME, folder_lock
-from settings.files import load_config, save_config
+from settings.files import apply_overrides, load_config, save_config
 from settings.schema import Config, ConfigError, config_to_dict
 from train.checkpoint import BEST, TrainError, TrainingCheckpoint, list_step_checkpoints
 
-# Keys that may differ between a run's config.yaml and the config given with --resume:
-# they change logging, checkpoint cadence or evaluation, not the optimization itself.
+# Keys that may differ between a run's config.yaml and the config given with --resume: they
+# change logging, checkpoint cadence or evaluation, not the optimization itself ...
 RESUME_MUTABLE = ("train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.log_every",
-                  "data.num_parallel_workers", "data.val_max_images", "eval.")
+                  "train.tensorboard", "data.num_parallel_workers", "data.val_max_images", "eval.")
+# ... and the run's length: a resume may extend the run (the schedule is then recomputed over the
+# new length from the resumed step, `train.loop`).
+RESUME_LENGTH = ("train.iterations", "train.epochs")
 # metrics.jsonl fields the curves plot: each a number or null.
 PLOTTED = ("loss", "lr", "mIoU")
 
@@ -39,22 +44,25 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
+def config_differences(a: Config, b: Config) -> list[tuple[str, object, object]]:
     """(dotted key, value in a, value in b) of every key whose values differ."""
     fa, fb = _flat(config_to_dict(a)), _flat(config_to_dict(b))
     return [(key, fa.get(key), fb.get(key)) for key in sorted(set(fa) | set(fb)) if fa.get(key) != fb.get(key)]
 
 
 def _mutable(key: str) -> bool:
-    """Whether a resume may change the dotted config `key` (RESUME_MUTABLE)."""
-    return any(key == m or (m.endswith(".") and key.startswith(m)) for m in RESUME_MUTABLE)
+    """Whether a resume may change the dotted config `key` (RESUME_MUTABLE, RESUME_LENGTH)."""
+    return key in RESUME_LENGTH or any(key == m or (m.endswith(".") and key.startswith(m)) for m in RESUME_MUTABLE)
 
 
-def check_resume_config(saved: Config, given: Config, saved_path: Path) -> None:
-    for key, was, now in _differences(saved, given):
+def check_resume_config(saved: Config, given: Config, saved_path: Path, given_by: str) -> None:
+    """`given` (from `given_by`: --config or --set) may differ from the run's config only in the
+    keys a resume may change."""
+    for key, was, now in config_differences(saved, given):
         if not _mutable(key):
-            raise TrainError(f"{saved_path}: the run was started with {key}={was!r}, the given config has "
-                             f"{now!r}; resume with the run's own config (omit --config) or start a new --out")
+            raise TrainError(f"{saved_path}: the run was started with {key}={was!r}, {given_by} has {now!r}; a "
+                             f"resume may change only the run's length ({', '.join(RESUME_LENGTH)}) and its logging, "
+                             "checkpoint and evaluation settings: resume with the run's own config or start a new --out")
 
 
 def _record(line: bytes) -> dict:
@@ -122,6 +130,7 @@ class Run:
         self.curves = self.root / "curves.png"
         self.writer = writer
         self.started: Config | None = None  # the config the run started with, set by `prepare`
+        self.continued: Config | None = None  # a resume's config (--config or --set applied), set by `prepare`
         self.records: list[dict] = []  # metrics.jsonl's records when resuming, read by `prepare`
 
     @contextmanager
@@ -149,7 +158,9 @@ class Run:
         """The names in RUN, its lock file excepted."""
         return sorted(name for name in os.listdir(self.root) if name != LOCK_NAME) if self.root.is_dir() else []
 
-    def start(self, cfg: Config, resume_step: int | None) -> None:
+    def start(self, cfg: Config, resume_step: int | None, log) -> None:
+        """Write config.yaml (a new run's `cfg`, or the config a resume changed: e.g. extended the
+        run) and metrics.jsonl's kept records."""
         if not self.writer:
             return
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +168,11 @@ class Run:
             save_config(cfg, self.config)
             write_text_atomic(self.metrics, "")
         else:
+            changed = config_differences(self.started, self.continued)
+            if changed:
+                save_config(self.continued, self.config)
+                log(f"{self.config}: rewritten for the resumed run (" + ", ".join(
+                    f"{key} {json.dumps(was)} -> {json.dumps(now)}" for key, was, now in changed) + ")")
             # Records past the resumed step belong to the interrupted tail; the rerun writes them again.
             kept = [r for r in self.records if r["step"] <= resume_step]
             write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
@@ -184,11 +200,12 @@ class Run:
 
             draw_curves(read_metrics(self.metrics), self.curves)
 
-    def prepare(self, cfg: Config | None, resume: bool, given_config: bool, log):
+    def prepare(self, cfg: Config | None, resume: bool, given_config: bool, log, overrides=()):
         """Check RUN (held) before anything is written to it; return (config to use, the
         checkpoint to resume from or None).
 
-        `cfg` may be None only with `resume` (then RUN/config.yaml is used)."""
+        `cfg` may be None only with `resume` (then RUN/config.yaml is used, with `overrides`,
+        --set's KEY=VALUE, applied)."""
         existing = list_step_checkpoints(self.ckpt_dir)
         if not resume:
             self._check_new(existing)
@@ -203,10 +220,10 @@ class Run:
             self.started = load_config(self.config)
         except ConfigError as err:
             raise TrainError(str(err)) from None
-        if given_config:
-            check_resume_config(self.started, cfg, self.config)
-        else:
-            cfg = self.started
+        if not given_config:
+            cfg = apply_overrides(self.started, list(overrides), "--set")
+        check_resume_config(self.started, cfg, self.config, "--config" if given_config else "--set")
+        self.continued = copy.deepcopy(cfg)  # what the run was told, before the invocation's own settings (--device)
         self.records = read_metrics(self.metrics, log)
         return cfg, existing[-1][1]
 
@@ -217,7 +234,7 @@ class Run:
             log(f"{checkpoint.path}: written before checkpoints held their config; "
                 f"{self.config} cannot be checked against it")
             return
-        changed = [d for d in _differences(checkpoint.config, self.started) if not _mutable(d[0])]
+        changed = [d for d in config_differences(checkpoint.config, self.started) if not _mutable(d[0])]
         if changed:
             shown = ", ".join(f"{key} {json.dumps(was)} -> {json.dumps(now)}" for key, was, now in changed[:3])
             more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""

@@ -165,13 +165,40 @@ def check_same_model(cfg: Config, saved: Config, source, starting: bool = False)
                               + " (the checkpoint holds the config it was saved with)")
 
 
+# What convert-weights (weights/convert.py) reads rather than a MindSpore checkpoint: an official
+# release's PyTorch file, by name or by content (torch.save writes a zip, older versions a pickle),
+# and Google's ViT .npz (a zip as well).
+RELEASE_SUFFIXES = (".pth", ".pt")
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02")
+
+
+def checkpoint_file(ckpt_path) -> Path:
+    """CKPT as a Path once it is a file that may be a MindSpore checkpoint; CheckpointError if it
+    is missing, or is what convert-weights reads (a release's folder or .pth, a ViT .npz): the
+    message gives the command that converts it."""
+    path = Path(ckpt_path)
+    kind = "an official Segmenter release (PyTorch)" if path.is_dir() and (path / "checkpoint.pth").is_file() else None
+    if path.is_file():
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if path.suffix == ".npz":
+            kind = "a Google ViT .npz"
+        elif path.suffix in RELEASE_SUFFIXES or magic.startswith(_TORCH_MAGIC):
+            kind = "an official Segmenter release (PyTorch)"
+    if kind is not None:
+        config = " --config CONFIG.yaml" if path.suffix == ".npz" else ""
+        raise CheckpointError(f"{path}: {kind}, not a MindSpore checkpoint; convert it first: "
+                              f"python cli.py convert-weights {path}{config} --out {path.with_suffix('.ckpt')}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {'a folder, not a checkpoint' if path.is_dir() else 'checkpoint not found'}")
+    return path
+
+
 def load_model(ckpt_path, cfg, starting: bool = False):
     """Build `cfg.model` and load every parameter from CKPT (eval mode). `starting`: the weights
     only start a training run (`model.pretrained`), whose config may change what fine-tuning
     chooses (pixel statistics, drop rates): only STARTING_IDENTITY must agree."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    path = checkpoint_file(ckpt_path)
     try:
         raw = ms.load_checkpoint(str(path))
     except Exception as err:  # MindSpore raises ValueError/RuntimeError on corrupt files
@@ -232,9 +259,7 @@ def save_model(net, ckpt_path, cfg, extra: dict | None = None, owned: bool = Fal
 def checkpoint_dataset(ckpt_path) -> tuple[ClassTable, DatasetEval]:
     """(class table, eval protocol) of the data CKPT was trained on; Cityscapes' for a checkpoint
     written before it carried them. CheckpointError naming the file if it is unreadable or damaged."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    path = checkpoint_file(ckpt_path)
     try:
         # The class token (every model has it, 4 x d_model bytes) too: MindSpore refuses a filter
         # that keeps nothing, as it would for a checkpoint without the entry.
@@ -265,6 +290,7 @@ def checkpoint_config(ckpt_path, config=None, protocol: DatasetEval | None = Non
     """`--config` or the config beside CKPT (settings.files.resolve_config), a null model.n_cls
     taking the classes CKPT carries and null eval keys `protocol` (default: the eval protocol CKPT
     carries)."""
+    checkpoint_file(ckpt_path)  # a release says "convert it first" before its missing config is named
     cfg = resolve_config(ckpt_path, config)
     table, carried = checkpoint_dataset(ckpt_path)
     if cfg.model.n_cls is None:
