@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo_out
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-official clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-onnx.txt requirements-openvino.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ demo: $(VENV)/.installed
 	$(PY) cli.py eval --checkpoint "$$(ls $(DEMO)/run/checkpoints/step_*.ckpt | tail -n 1)" --data $(DEMO)/mindrecord --split val
 	$(PY) -m evaluate.baseline --data $(DEMO)/mindrecord --split val
 
-# torch (CPU build) for the side-by-side benchmark; not needed by demo or test.
-bench: $(VENV)/.installed
+# The side-by-side benchmark against the official Segmenter code (a checkout at OFFICIAL, imported
+# from there at run time); torch, timm, einops for it come from requirements-bench.txt.
+OFFICIAL ?= ../official
+bench-official:
+	@test -f "$(OFFICIAL)/segm/model/factory.py" || { echo "error: OFFICIAL=$(OFFICIAL): no official Segmenter checkout there (git clone https://github.com/rstrudel/segmenter, then make bench OFFICIAL=PATH)" >&2; exit 2; }
+
+bench: bench-official $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-bench.txt
-	$(PY) bench/bench_vs_pytorch.py
+	$(PY) bench/bench_vs_pytorch.py --official "$(OFFICIAL)" --rows predict,forward,train,predict_onnxruntime,predict_openvino_f32,predict_openvino_bf16
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

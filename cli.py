@@ -242,24 +242,6 @@ def _runtime_words(cfg, runtime: str, runner) -> str:
     return f"runtime openvino {runner.precision} on CPU{checked}"
 
 
-def _bf16_agreement(runner, cfg, found) -> str:
-    """predict --precision bf16: the share of the first image's pixels given the class f32 gives
-    them, so the cost of bf16 is seen (one more prediction at each precision)."""
-    import numpy as np
-
-    from base.images import decode_image
-    from evaluate.predict import predict_rgb
-
-    image = next((item.path for item in found.items if item.kind == "image" and item.path not in
-                  {path for path, _ in found.skipped}), None)
-    if image is None:
-        return "bf16 vs f32: no image among the inputs to compare on (videos only)"
-    rgb = decode_image(image)
-    agree = np.mean(predict_rgb(runner, cfg, rgb, image.name) == predict_rgb(runner.with_precision("f32"), cfg,
-                                                                             rgb, image.name))
-    return f"bf16 vs f32 on {image}: {100 * agree:.2f}% of pixels get the same class"
-
-
 def _parse_splits(ctx, param, value):
     splits = [s.strip() for s in value.split(",") if s.strip()]
     if not splits or len(set(splits)) != len(splits):
@@ -513,6 +495,8 @@ def train_cmd(config, data, out, resume, overrides, device):
         best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f}"
         done = f"trained {result.steps} steps" if result.stopped_by is None else \
             f"stopped by {signal.Signals(result.stopped_by).name} at step {result.at_step}/{result.steps}"
+        if result.losses and result.losses[0][0] > 1:  # resumed: the time below is this session's
+            done += f" (steps {result.losses[0][0]}-{result.losses[-1][0]} in this session)"
         click.echo(f"{done} in {result.seconds:.1f}s on {result.group_size} rank(s); best val mIoU {best}; "
                    f"last checkpoint {result.last_checkpoint}")
     if result.stopped_by is not None:
@@ -640,7 +624,9 @@ def predict_cmd(inputs, checkpoint, config, out, window, stride, infer_size, fli
         result = predict_inputs(net, cfg, found, out, save_probs=save_probs, alpha=alpha, frames=frames,
                                 written=written, table=table)
     if precision == "bf16":
-        click.echo(_bf16_agreement(net, cfg, found))
+        from evaluate.predict import bf16_agreement
+
+        click.echo(bf16_agreement(net, cfg, found))
     e = cfg.eval
     done = result["images"] + result["frames"]
     what = f"{result['images']} images" + (f" + {result['frames']} video frames ({found.videos} videos)"
@@ -773,11 +759,14 @@ def info_cmd(config, checkpoint, size, image_size, measure, dataset, device):
 EXPORT_FORMATS = {".mindir": "mindir", ".onnx": "onnx"}
 
 
+EXPORT_KIND = "export"  # what the written-files log of --out's folder calls export's files
+
+
 def _export_format(out, fmt: str | None) -> str:
     """The format --out's suffix names; --format, if given, must name the same."""
     from pathlib import Path
 
-    suffix = Path(out).suffix
+    suffix = Path(out).suffix.lower()
     named = EXPORT_FORMATS.get(suffix)
     if named is None:
         raise UserError(f"--out {out}: the file name must end in {' or '.join(EXPORT_FORMATS)}")
@@ -802,7 +791,17 @@ def export_cmd(checkpoint, config, out, size, fmt, device):
     palette, patch and input size) as metadata."""
     from weights.checkpoint import checkpoint_classes, checkpoint_config
 
+    from pathlib import Path
+
+    from base.ownership import WrittenFiles, output_folder, why_not_output
+    from settings.files import config_beside
+
     fmt = _export_format(out, fmt)
+    reason = why_not_output(out, [("the checkpoint (--checkpoint)", checkpoint), ("the config (--config)", config),
+                                  ("the checkpoint's config", config_beside(checkpoint))]) \
+        or WrittenFiles(Path(out).parent, EXPORT_KIND).why_not_ours(out)
+    if reason is not None:
+        raise UserError(f"{out}: {reason}; --out must name a file of its own")
     given = _parse_size("--size", size) if size else None
     if fmt == "onnx":
         _check_runtime("onnxruntime")
@@ -816,13 +815,16 @@ def export_cmd(checkpoint, config, out, size, fmt, device):
     if fmt == "mindir":
         from deploy.mindir import export_mindir
 
-        export_mindir(net, out, h, w)
+        with output_folder(Path(out).parent, EXPORT_KIND) as folder:
+            export_mindir(net, out, h, w, WrittenFiles(folder, EXPORT_KIND))
         click.echo(f"{checkpoint} -> {out}: input (1,3,{h},{w}) float32 normalized, output (1,{n_cls},{h},{w}) "
                    f"logits of the {table.dataset} classes; traced on {cfg.device_target}")
         return
     from deploy.onnx_file import deployment_metadata, export_onnx
 
-    diff = export_onnx(net, out, h, w, deployment_metadata(cfg.model, table, h, w))
+    with output_folder(Path(out).parent, EXPORT_KIND) as folder:
+        diff = export_onnx(net, out, h, w, WrittenFiles(folder, EXPORT_KIND),
+                           deployment_metadata(cfg.model, table, h, w))
     click.echo(f"{checkpoint} -> {out}: ONNX opset 17, input (N,3,{h},{w}) float32 normalized, output "
                f"(N,{n_cls},{h},{w}) logits of the {table.dataset} classes; ONNX Runtime vs MindSpore on {cfg.device_target}: max probability "
                f"difference {diff:.1e}; metadata: mean, std, class names, palette, patch and input size")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from base.errors import UserError
-from base.figures import figure, png_bytes
+from base.figures import figure, figure_png
 
 PARTS = {"enc": "encoder", "dec": "decoder"}
 KIND = "attention"  # the command named in the output folder's ownership log and lock
@@ -221,7 +221,7 @@ def write_attention_maps(net, cfg, rgb: np.ndarray, stem: str, layer: Layer, que
         fig = attention_figure(shown, head, cfg.model.patch_size, cell, f"{Path(source).name}: {layer.title}, {what}")
         raw = io.BytesIO()
         np.save(raw, head)
-        for name, data in ((png, png_bytes(fig)), (npy, raw.getvalue())):
+        for name, data in ((png, figure_png(fig)), (npy, raw.getvalue())):
             written.write_bytes(Path(out_dir) / name, data)
             paths.append(Path(out_dir) / name)
     return paths

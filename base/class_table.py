@@ -55,6 +55,11 @@ class ClassTable:
         return table
 
 
+def short_name(name: str, width: int | None = None) -> str:
+    """A class's first name (ADE20K's names are synonym lists), cut to `width` characters."""
+    return name.split(",")[0].strip()[:width]
+
+
 def table_problem(names, palette, ignore_index: int) -> str | None:
     """What is wrong with a class table, or None."""
     if not 1 <= len(names) <= MAX_CLASSES:

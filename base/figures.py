@@ -14,7 +14,7 @@ def figure(**kwargs):
     return fig
 
 
-def png_bytes(fig, dpi: int = 100) -> bytes:
+def figure_png(fig, dpi: int = 100) -> bytes:
     """The PNG encoding of `fig` at `dpi`."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)

@@ -9,11 +9,11 @@ import mindspore as ms
 from base.atomic import private_output
 
 
-def export_mindir(net, out_path, height: int, width: int) -> None:
-    """MindIR of `net` for a fixed (1,3,H,W) input, written atomically."""
+def export_mindir(net, out_path, height: int, width: int, written) -> None:
+    """MindIR of `net` for a fixed (1,3,H,W) input, written atomically through `written`
+    (base.ownership.WrittenFiles of its folder: a file export did not write is never replaced)."""
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with private_output(out, ".mindir") as tmp:
+    with written.atomic(out) as staged, private_output(staged.tmp, ".mindir") as tmp:
         # MindSpore appends ".mindir" to file_name itself.
         ms.export(net, ms.Tensor(np.zeros((1, 3, height, width), np.float32)), file_name=str(tmp)[:-len(".mindir")],
                   file_format="MINDIR")

@@ -12,9 +12,7 @@ deployment needs beside the graph in its metadata (`metadata_props`, each value 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from base.atomic import write_bytes_atomic
 from base.errors import UserError
 from deploy.onnx_export import segmenter_onnx
 from deploy.onnx_runtime import OnnxRunner, ProbabilityMismatch, check_probabilities
@@ -29,9 +27,10 @@ def deployment_metadata(model, table, height: int, width: int) -> dict:
     return {key: json.dumps(value) for key, value in values.items()}
 
 
-def export_onnx(net, out, height: int, width: int, metadata: dict | None = None) -> float:
+def export_onnx(net, out, height: int, width: int, written, metadata: dict | None = None) -> float:
     """Write the ONNX graph of `net` with `metadata` (name -> text, `deployment_metadata`) to `out`
-    once ONNX Runtime's probabilities are within deploy.onnx_runtime.TOLERANCE of MindSpore's;
+    through `written` (base.ownership.WrittenFiles of its folder: a file export did not write is
+    never replaced) once ONNX Runtime's probabilities are within deploy.onnx_runtime.TOLERANCE of MindSpore's;
     returns the largest difference. Nothing is written otherwise."""
     model = segmenter_onnx(net, height, width)
     for key, value in (metadata or {}).items():
@@ -41,6 +40,5 @@ def export_onnx(net, out, height: int, width: int, metadata: dict | None = None)
         diff = check_probabilities(net, OnnxRunner(data), height, width, "ONNX Runtime")
     except ProbabilityMismatch as err:
         raise UserError(f"not written: {err}", out) from None
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out, data)
+    written.write_bytes(out, data)
     return diff

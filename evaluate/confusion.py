@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from base.figures import figure, png_bytes
+from base.class_table import short_name
+from base.figures import figure, figure_png
 from base.ownership import WrittenFiles, output_folder
 
 KIND = "eval --confusion"
@@ -38,13 +39,13 @@ def confusion_png(counts, names, title: str) -> bytes:
     share = row_normalised(counts)
     cell = min(CELL_INCHES[1], max(CELL_INCHES[0], FIGURE_INCHES / n))
     font = min(10.0, max(5.0, cell * 72 * 0.6))  # points: a tick label as tall as ~60 % of its cell
-    labels = [name.split(",")[0].strip()[:NAME_WIDTH] for name in names]
+    labels = [short_name(name, NAME_WIDTH) for name in names]
     side = n * cell
     margin = 0.6 * font * max(len(s) for s in labels) / 72 + 0.5  # inches: the longest name and the axis title
     width, height = margin + side + 1.3, margin + side + 0.5
     fig = figure(figsize=(width, height))
     ax = fig.add_axes([margin / width, margin / height, side / width, side / height])
-    image = ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    image = ax.imshow(np.ma.masked_invalid(100 * share), cmap="Blues", vmin=0.0, vmax=100.0, interpolation="nearest")
     ticks = np.arange(n)
     ax.set_xticks(ticks, labels, rotation=90, fontsize=font)
     ax.set_yticks(ticks, labels, fontsize=font)
@@ -58,8 +59,8 @@ def confusion_png(counts, names, title: str) -> bytes:
     bar = fig.colorbar(image, cax=fig.add_axes([(margin + side + 0.15) / width, margin / height, 0.2 / width,
                                                  side / height]))
     bar.ax.tick_params(labelsize=max(font, 7))
-    bar.set_label("share of the row's pixels", fontsize=max(font, 8))
-    return png_bytes(fig, DPI)
+    bar.set_label("% of the row's pixels", fontsize=max(font, 8))
+    return figure_png(fig, DPI)
 
 
 def why_not_confusion_file(path) -> str | None:

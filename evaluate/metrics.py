@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from base.class_table import CITYSCAPES, ClassTable
+from base.class_table import CITYSCAPES, ClassTable, short_name
 from base.labels import CATEGORIES, IGNORE, NUM_CLASSES, category_of_class
 
 
@@ -150,7 +150,7 @@ def _pct(v) -> str:
 def _class_rows(metrics: dict) -> list:
     """One `name  IoU  Acc` cell per class; a long table is laid out in columns, read top to bottom."""
     per_class = metrics["per_class"]
-    names = [name.split(",")[0].strip()[:NAME_WIDTH] for name in per_class]
+    names = [short_name(name, NAME_WIDTH) for name in per_class]
     width = max(16, max(len(n) for n in names) + 1)
     cells = [f"{name:<{width}}{_pct(iou)}{_pct(metrics['Acc'][key])}"
              for name, (key, iou) in zip(names, per_class.items())]

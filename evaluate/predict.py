@@ -266,3 +266,15 @@ def _frame_count(path: Path) -> int:
     finally:
         cap.release()
 
+
+def bf16_agreement(runner, cfg, found: Inputs) -> str:
+    """predict --precision bf16: the share of the first image's pixels given the class f32 gives
+    them, so the cost of bf16 is seen (one more prediction at each precision)."""
+    image = next((item.path for item in found.items if item.kind == "image" and item.path not in
+                  {path for path, _ in found.skipped}), None)
+    if image is None:
+        return "bf16 vs f32: no image among the inputs to compare on (videos only)"
+    rgb = decode_image(image)
+    agree = np.mean(predict_rgb(runner, cfg, rgb, image.name) == predict_rgb(runner.with_precision("f32"), cfg,
+                                                                             rgb, image.name))
+    return f"bf16 vs f32 on {image}: {100 * agree:.2f}% of pixels get the same class"

@@ -18,6 +18,7 @@ from settings.schema import Config, ModelConfig
 from weights.checkpoint import CheckpointError, load_model
 from weights.convert import load_release
 from base.device import setup_context
+from base.ownership import WRITTEN
 from weights.torch_pickle import load_torch_file
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
@@ -170,7 +171,7 @@ def test_export_mindir_runs_and_matches(ckpt, tmp_path):
     out = tmp_path / "m.mindir"
     result = CliRunner().invoke(cli.main, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--size", "40x56"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mindir"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [WRITTEN, "m.mindir"]  # and no temporary
     setup_context("CPU", "graph", 0)
     graph = ms.nn.GraphCell(ms.load(str(out)))
     from settings.files import load_config

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import cli
 from base.device import setup_context
+from base.ownership import WRITTEN
 from deploy.onnx_export import segmenter_onnx
 from deploy.onnx_runtime import OnnxRunner, max_probability_difference
 from model.segmenter import build_segmenter
@@ -53,7 +54,20 @@ def test_export_onnx_writes_a_checked_model(converted, tmp_path):  # noqa: F811
     assert "max probability difference" in result.output
     logits = OnnxRunner(out.read_bytes())(np.zeros((2, 3, 40, 56), np.float32))
     assert logits.shape == (2, 19, 40, 56) and np.isfinite(logits).all()
-    assert [p.name for p in out.parent.iterdir()] == ["mask.onnx"]  # no temporary left
+    # No temporary left; the folder's written-files log proves the file is export's to replace.
+    assert sorted(p.name for p in out.parent.iterdir()) == [WRITTEN, "mask.onnx"]
+    again = run("export", "--checkpoint", converted["mask"], "--out", out, "--size", "40x56")
+    assert again.exit_code == 0, again.output
+
+
+@pytest.mark.parametrize("name", ["mine.onnx", "mine.MINDIR"])
+def test_export_never_replaces_a_file_it_did_not_write(converted, tmp_path, name):  # noqa: F811
+    mine = tmp_path / name
+    mine.write_bytes(b"the user's own model")
+    r = CliRunner().invoke(cli.main, ["export", "--checkpoint", str(converted["mask"]), "--out", str(mine),
+                                      "--size", "32x32"])
+    assert r.exit_code == 2 and f"error: {mine}: exists and was not written by export" in r.output, r.output
+    assert mine.read_bytes() == b"the user's own model" and sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 def test_export_onnx_refuses_a_mindir_name(converted, tmp_path):  # noqa: F811

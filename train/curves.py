@@ -5,7 +5,7 @@ matplotlib's object API with the Agg canvas: no pyplot state, no display needed.
 from __future__ import annotations
 
 from base.atomic import write_bytes_atomic
-from base.figures import figure, png_bytes
+from base.figures import figure, figure_png
 
 FIGURE_INCHES = (15.6, 4.0)  # three panels side by side
 DPI = 100
@@ -38,7 +38,7 @@ def curves_png(records: list[dict]) -> bytes:
     _panel(lr, "learning rate", [(r["step"], r.get("lr")) for r in train], x_max)
     _panel(miou, "val mIoU (%)", [(r["step"], None if r.get("mIoU") is None else 100 * r["mIoU"]) for r in val],
            x_max)
-    return png_bytes(fig, DPI)
+    return figure_png(fig, DPI)
 
 
 def draw_curves(records: list[dict], path) -> None:

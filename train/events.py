@@ -19,7 +19,7 @@ import re
 import cv2
 import numpy as np
 
-from base.class_table import ClassTable
+from base.class_table import ClassTable, short_name
 from settings.schema import Config
 from train.run_folder import Run
 
@@ -36,7 +36,7 @@ VAL_CLASS_SCORES = ("IoU", "Acc")
 def class_tag(name: str) -> str:
     """A class's tag part: its first name (ADE20K's names are synonym lists) in the characters a
     tag may hold (tensorboardX would replace the others the same way)."""
-    return re.sub(r"[^-/\w.]", "_", name.split(",")[0].strip())
+    return re.sub(r"[^-/\w.]", "_", short_name(name))
 
 
 class TrainEvents:

@@ -20,10 +20,14 @@ IMAGENET_WEIGHTS = {
 }
 
 
-def _where_to_get(cfg: Config) -> str:
+def _where_to_get(cfg: Config, target: str, then_set: bool = False) -> str:
+    """Where the backbone's ImageNet weights come from, saved as `target`."""
     name = IMAGENET_WEIGHTS.get(cfg.model.backbone)
-    source = f"download {AUGREG}{name}" if name else "see docs/weights.md#pretrained-weights"
-    return f"{source}, or set model.pretrained={FROM_SCRATCH} to train from scratch"
+    source = (f"download {AUGREG}{name} and save it as {target} (mkdir -p {Path(target).parent}; wget -O {target} "
+              "URL)") if name else "see docs/weights.md#pretrained-weights"
+    if then_set:
+        source += f", then set model.pretrained={target}"
+    return f"{source}; or set model.pretrained={FROM_SCRATCH} to train from scratch"
 
 
 def check_initial_weights(cfg: Config) -> None:
@@ -31,9 +35,9 @@ def check_initial_weights(cfg: Config) -> None:
     source = cfg.model.pretrained
     if source is None:
         raise TrainError(f"model.pretrained is not set: name the ImageNet weights {cfg.model.backbone} starts from "
-                         f"({_where_to_get(cfg)})")
+                         f"({_where_to_get(cfg, f'pretrained/{cfg.model.backbone}.npz', then_set=True)})")
     if source != FROM_SCRATCH and not Path(source).is_file():
-        raise TrainError(f"model.pretrained: {source}: file not found; {_where_to_get(cfg)}")
+        raise TrainError(f"model.pretrained: {source}: file not found; {_where_to_get(cfg, source)}")
 
 
 def initial_net(cfg: Config, log):

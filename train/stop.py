@@ -45,6 +45,10 @@ class StopRequest:
     def agreed(self, group_size: int) -> int | None:
         """The signal every rank stops on after this step, or None to go on. With several ranks a
         collective: every rank must call it after every step."""
+        # MindSpore's runtime installs its own SIGINT handler (it re-raises SIGINT as SIGTERM) once
+        # it has run a graph: put ours back after every step so Ctrl-C stays SIGINT (exit 130).
+        for signum in SIGNALS:
+            signal.signal(signum, self._handle)
         if group_size == 1:
             return self.received
         counts = all_reduce_counts(np.array([self.received == s for s in SIGNALS], np.int64), group_size)
