@@ -66,6 +66,16 @@ def test_two_ranks_at_batch_1_take_the_update_of_one_rank_at_batch_2(dist_run):
         assert differs, "one sample's update equals the batch's: the comparison could not tell a missing reduce"
 
 
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(dist_run):
+    import signal
+
+    _, work = dist_run
+    stops = [np.load(work / f"stopped{r}.npz") for r in (0, 1)]
+    assert [int(s["stopped_by"]) for s in stops] == [signal.SIGTERM] * 2  # rank 0 never got the signal itself
+    assert [int(s["at_step"]) for s in stops] == [1, 1]
+    assert [p.name for p in (work / "run_stopped" / "checkpoints").glob("step_*.ckpt")] == ["step_0000001.ckpt"]
+
+
 def test_two_msrun_workers_share_the_batch_validate_together_and_end_identical(dist_run, tiny_data):  # noqa: F811
     import json
 

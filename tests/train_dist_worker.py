@@ -1,8 +1,11 @@
 """One msrun worker for tests/test_train_dist.py: one data-parallel update per step graph on this
 rank's sample (dp_step_worker), then a run via train.loop.train; dumps the weights of both and the
-digests of the label batches the run trained on; then runs `cli.py eval` on the run's checkpoint."""
+digests of the label batches the run trained on; then runs `cli.py eval` on the run's checkpoint;
+then a run that SIGTERM reaches on rank 1 only, and where each rank stopped."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,6 +31,13 @@ def main(config: str, data: str, run: str, dump: str) -> None:
 
     cli.main(["eval", "--checkpoint", str(Path(run) / "checkpoints" / "step_0000003.ckpt"), "--data", data,
               "--json", str(Path(dump) / "dist_eval.json")], standalone_mode=False)
+
+    def signal_rank_1(line):  # the run's first line: from there on a signal is a stop request
+        if line.startswith("rank 1/2:"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = train(load_config(config), data, f"{run}_stopped", log=signal_rank_1)
+    np.savez(Path(dump) / f"stopped{stopped.rank}.npz", stopped_by=stopped.stopped_by or 0, at_step=stopped.at_step)
 
 
 if __name__ == "__main__":
