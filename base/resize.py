@@ -30,6 +30,17 @@ def source_rows(n_in: int, n_out: int, r0: int, r1: int) -> tuple[int, int]:
     return int(i0[r0]), int(i1[r1 - 1]) + 1
 
 
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 matrix of the same resize along one axis: `m @ x` resizes x's rows
+    (two weights per row, summing to 1), so a 2-D resize is `mh @ x @ mw.T`."""
+    i0, i1, lam = _axis_weights(n_in, n_out)
+    m = np.zeros((n_out, n_in), np.float32)
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, i0), 1 - lam)  # add: i0 == i1 at the border clamp
+    np.add.at(m, (rows, i1), lam)
+    return m
+
+
 def resize_bilinear(x: np.ndarray, size, rows=None, source_height: int | None = None, row_offset: int = 0):
     """Resize a (C,H,W) float array to size (h,w) exactly like F.interpolate(bilinear, align_corners=False).
 

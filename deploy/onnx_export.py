@@ -5,7 +5,8 @@ for the exact GELU), so the graph is built here with `onnx.helper` by walking th
 cells, one method per cell kind of model/vit.py, model/layers.py and model/decoder.py: Conv for
 the patch embedding, LayerNormalization (each norm's own eps), MatMul + Add for every Dense, the explicit q·kᵀ / softmax / attn·v product, the exact
 GELU as x·(1 + erf(x/√2))/2 with ONNX's Erf, the Mask Transformer's L2 normalisation and class
-masks, and a half-pixel bilinear Resize (torch's align_corners=False) back to the input size.
+masks, and the half-pixel bilinear upsampling (torch's align_corners=False) back to the input size
+as two MatMuls with the resize's weight matrices.
 The input is (N, 3, H, W) normalized float32 with N free and H, W fixed at export; the position
 embedding is resized for that size here, once. Output: logits (N, n_cls, H, W).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from base.resize import resize_matrix
 from model.decoder import DecoderLinear
 from model.vit import resize_pos_embed
 
@@ -143,10 +145,10 @@ def segmenter_onnx(net, height: int, width: int):
         x = g.op("Pad", x, g.ints(0, 0, 0, 0, 0, 0, hp - height, wp - width))
     x = g.encoder(x, net.encoder, gh, gw)
     masks = g.decoder(g.tokens_slice(x, 1, 1 + gh * gw), net.decoder, gh, gw)  # the class token is not decoded
-    out = g.op("Resize", masks, "", g.const(np.array([1, 1, ps, ps], np.float32)), mode="linear",
-               coordinate_transformation_mode="half_pixel")
-    if (hp, wp) != (height, width):
-        out = g.op("Slice", out, g.ints(0, 0), g.ints(height, width), g.ints(2, 3))
+    # The upsampling to (hp, wp) and the crop to (height, width) as mh @ masks @ mw.T: OpenVINO's
+    # Resize runs channels-last and reorders its full-size output back (~4x slower; docs/benchmarks.md).
+    mh, mw = resize_matrix(gh, hp)[:height], resize_matrix(gw, wp)[:width]
+    g.op("MatMul", g.op("MatMul", g.const(mh), masks), g.const(np.ascontiguousarray(mw.T)))
     g.nodes[-1].output[0] = "logits"
     graph = helper.make_graph(
         g.nodes, "segmenter", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, height, width])],

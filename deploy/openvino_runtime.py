@@ -61,7 +61,11 @@ class OpenVinoRunner:
         return OpenVinoRunner(self.model_bytes, precision, self.threads)
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
-        return self.request.infer({"image": np.ascontiguousarray(crops, np.float32)})["logits"]
+        """Logits in the request's own output buffer, valid until the next call (the sliding window
+        adds them to its canvas at once): a fresh copy of a batch's logits, 180 MB for four 768
+        windows, cost more than a tenth of the inference (docs/benchmarks.md)."""
+        return self.request.infer({"image": np.ascontiguousarray(crops, np.float32)},
+                                  share_inputs=True, share_outputs=True)["logits"]
 
 
 def openvino_runner(net, window: int, precision: str = "f32", threads: int | None = None) -> OpenVinoRunner:

@@ -62,8 +62,8 @@ def count_windows(h: int, w: int, window: int, stride: int, flip: bool = False, 
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over axis 0, computed in place in `x` (a fresh array here): no temporaries of
-    x's size, which is most of the host time on a 19 x 1024 x 2048 band."""
+    """Softmax over axis 0, computed in place in `x` (a band's own array or a canvas's rows): no
+    temporaries of x's size, which is most of the host time on a 19 x 1024 x 2048 band."""
     x -= x.max(axis=0, keepdims=True)
     np.exp(x, out=x)
     x /= x.sum(axis=0, keepdims=True)
@@ -129,14 +129,15 @@ def _canvas(net, image, n_cls, window, stride, batch_windows, scale, flipped, on
 
 
 def _band(canvas: np.ndarray, flipped: bool, out_h: int, out_w: int, r0: int, r1: int) -> np.ndarray:
-    """Softmax of the canvas resized to the output, rows r0..r1-1 only, flipped back."""
+    """Softmax of the canvas resized to the output, rows r0..r1-1 only, flipped back.
+
+    An identity resize returns a view of the canvas, and the softmax is then computed in the
+    canvas's own rows: each canvas is read band by band, once, and dropped after, so no fresh
+    copy of the whole map is made (its page faults cost time; docs/benchmarks.md)."""
     s0, s1 = source_rows(canvas.shape[1], out_h, r0, r1)
     logit = resize_bilinear(canvas[:, s0:s1], (out_h, out_w), rows=(r0, r1), source_height=canvas.shape[1],
                             row_offset=s0)
-    if flipped:
-        logit = logit[:, :, ::-1]
-    # An identity resize returns a view of the canvas; the in-place softmax needs its own array.
-    return _softmax(np.array(logit) if np.shares_memory(logit, canvas) else logit)
+    return _softmax(logit[:, :, ::-1] if flipped else logit)
 
 
 def output_bands(n_cls: int, out_h: int, out_w: int) -> list[tuple[int, int]]:

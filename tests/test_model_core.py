@@ -10,7 +10,7 @@ from settings.files import load_config
 from settings.schema import Config, DecoderConfig, ModelConfig
 from evaluate.sliding_window import sliding_window_probs, window_anchors
 from weights.checkpoint import CheckpointError, load_model, save_model
-from base.resize import resize_bilinear, source_rows
+from base.resize import resize_bilinear, resize_matrix, source_rows
 from base.device import setup_context
 from model.segmenter import build_segmenter
 from model.vit import resize_pos_embed
@@ -79,6 +79,9 @@ def test_resize_bilinear_matches_the_closed_form(size_in, size_out):
     out = resize_bilinear(x, size_out)
     np.testing.assert_allclose(out[0], _torch_bilinear_of_field(*size_in, *size_out), atol=1e-5)
     np.testing.assert_allclose(out[1], _torch_bilinear_of_field(*size_in, *size_out, a=-0.2, c=0.3), atol=1e-5)
+    # The same resize as the ONNX graph's two MatMuls (deploy/onnx_export.py)
+    mh, mw = resize_matrix(size_in[0], size_out[0]), resize_matrix(size_in[1], size_out[1])
+    np.testing.assert_allclose(mh @ x[0] @ mw.T, _torch_bilinear_of_field(*size_in, *size_out), atol=1e-5)
 
 
 def test_resize_bilinear_in_row_bands_is_bit_identical():
